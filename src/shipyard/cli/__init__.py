@@ -1,0 +1,1 @@
+"""The `shipyard` command: one module per noun."""

