@@ -61,8 +61,9 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         except ValueError:
             raise InvalidRequest("The Content-Length header is not a number.") from None
         if size > limit:
-            raise PayloadTooLarge(f"The request body is {size} bytes; the limit is {limit} bytes.",
-                                  code="body_too_large")
+            raise PayloadTooLarge(
+                f"The request body is {size} bytes; the limit is {limit} bytes.", code="body_too_large"
+            )
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -134,7 +135,7 @@ class SseStream:
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class api_endpoint:  # noqa: N801 - used like a decorator
+class api_endpoint:
     """Wrap a raw handler: method check, ApiError → OpenAI JSON, unexpected errors → logged 500.
 
     An instance (not a function) so that Starlette's Route treats it as a plain ASGI app.

@@ -77,7 +77,9 @@ class LocalEngineConfig(_Strict):
         "auto", description="Weights dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
     )
     kv_cache_tokens: int | None = Field(
-        None, ge=256, description="KV-cache size in tokens; default 16384 on CPU, sized from free memory on CUDA."
+        None,
+        ge=256,
+        description="KV-cache size in tokens; default 16384 on CPU, sized from free memory on CUDA.",
     )
     max_batch_tokens: int | None = Field(None, ge=16, description="Most tokens in one forward pass.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
@@ -90,11 +92,13 @@ class OpenAIEngineConfig(_Strict):
     kind: Literal["openai"]
     base_url: str = Field(description="Base URL including `/v1`, e.g. `https://api.openai.com/v1`.")
     api_key_env: str | None = Field(
-        None, description="Name of the environment variable that holds the API key (the key itself is never stored)."
+        None,
+        description="Name of the environment variable that holds the API key (the key itself is never stored).",
     )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every call.")
     health_path: str | None = Field(
-        None, description="Path polled for health (e.g. `/models`); unset means health is judged from traffic only."
+        None,
+        description="Path polled for health (e.g. `/models`); unset means health is judged from traffic only.",
     )
 
     @field_validator("base_url")
@@ -146,7 +150,9 @@ class DeploymentConfig(_Strict):
     backoff_max: float = Field(2.0, ge=0, description="Longest delay between retries.")
     timeout: float = Field(300.0, gt=0, description="Total deadline for a request, across all retries.")
     attempt_timeout: float | None = Field(
-        None, gt=0, description="Deadline for one attempt's first byte; default: the remaining total deadline."
+        None,
+        gt=0,
+        description="Deadline for one attempt's first byte; default: the remaining total deadline.",
     )
     connect_timeout: float = Field(5.0, gt=0, description="Deadline to open a connection to an engine.")
     max_body_bytes: int | None = Field(None, gt=0, description="Overrides `limits.max_body_bytes` for this deployment.")
@@ -165,7 +171,8 @@ class Settings(_Strict):
 
     data_dir: Path = Field(Path("~/.shipyard"), description="Where the SQLite store and converted models live.")
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; default `sqlite:///<data_dir>/shipyard.db`. Use postgresql+psycopg://..."
+        None,
+        description="SQLAlchemy URL; default `sqlite:///<data_dir>/shipyard.db`. Use postgresql+psycopg://...",
     )
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]

@@ -95,8 +95,11 @@ async def _announce_ready(state: AppState) -> None:
     started = time.monotonic()
     while not readiness(state.router, False)["ready"]:
         await asyncio.sleep(0.25)
-    log.info("ready: %d deployment(s) serving after %.1fs", len(state.router.deployments),
-             time.monotonic() - started)
+    log.info(
+        "ready: %d deployment(s) serving after %.1fs",
+        len(state.router.deployments),
+        time.monotonic() - started,
+    )
 
 
 async def _stop(state: AppState) -> None:
@@ -132,8 +135,12 @@ class _DrainingServer(uvicorn.Server):
             self.should_exit = True
             return
         self._routes.draining = True
-        log.info("%s: draining (up to %.0fs for %d open request(s))", signal.Signals(sig).name,
-                 self._drain_seconds, self._routes.inflight)
+        log.info(
+            "%s: draining (up to %.0fs for %d open request(s))",
+            signal.Signals(sig).name,
+            self._drain_seconds,
+            self._routes.inflight,
+        )
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))  # type: ignore[union-attr]
 
     async def _drain(self) -> None:
@@ -147,8 +154,9 @@ class _DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     """Run the server in the foreground until a signal stops it."""
-    logging.basicConfig(level=settings.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)
     config = uvicorn.Config(
         app,

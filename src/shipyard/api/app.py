@@ -31,15 +31,17 @@ def create_api(state: AppState) -> FastAPI:
     @api.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return Response(error_body(str(exc.detail), kind), status_code=exc.status_code,
-                        media_type="application/json")
+        return Response(error_body(str(exc.detail), kind), status_code=exc.status_code, media_type="application/json")
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"][1:]) or None
         message = f"Invalid '{param}': {first['msg']}" if param else str(first["msg"])
-        return Response(error_body(message, "invalid_request_error", param=param, code="invalid_value"),
-                        status_code=400, media_type="application/json")
+        return Response(
+            error_body(message, "invalid_request_error", param=param, code="invalid_value"),
+            status_code=400,
+            media_type="application/json",
+        )
 
     return api

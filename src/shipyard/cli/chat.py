@@ -51,13 +51,15 @@ def _error_text(content: bytes, status: int) -> str:
 def chat(
     deployment: str = typer.Argument(..., help="Deployment to talk to (see GET /v1/models)."),
     url: str = typer.Option(
-        os.environ.get("SHIPYARD_URL", "http://127.0.0.1:8000"), help="Shipyard's address (env: SHIPYARD_URL)."
+        os.environ.get("SHIPYARD_URL", "http://127.0.0.1:8000"),
+        help="Shipyard's address (env: SHIPYARD_URL).",
     ),
     system: str | None = typer.Option(None, help="A system message to start the conversation with."),
     max_tokens: int = typer.Option(512, help="Most tokens per answer."),
     temperature: float | None = typer.Option(None, help="Sampling temperature (default: the engine's)."),
     api_key: str | None = typer.Option(
-        os.environ.get("SHIPYARD_API_KEY"), help="API key, if the server requires one (env: SHIPYARD_API_KEY)."
+        os.environ.get("SHIPYARD_API_KEY"),
+        help="API key, if the server requires one (env: SHIPYARD_API_KEY).",
     ),
 ) -> None:
     """Chat with a deployment in the terminal; answers stream token by token."""

@@ -38,8 +38,10 @@ def up(
         from shipyard.server import serve
 
         names = ", ".join(settings.deployments) or "(none)"
-        console.print(f"[bold]Shipyard[/bold] on http://{settings.server.host}:{settings.server.port}/v1  "
-                      f"deployments: {names}  data: {settings.data_dir}")
+        console.print(
+            f"[bold]Shipyard[/bold] on http://{settings.server.host}:{settings.server.port}/v1  "
+            f"deployments: {names}  data: {settings.data_dir}"
+        )
         serve(settings)
     except ShipyardError as exc:
         console.print(f"[red]shipyard: {exc}[/red]")

@@ -21,8 +21,15 @@ from shipyard.config import (
 from shipyard.engines.supervisor import ManagedProcess, free_port
 from shipyard.errors import ConfigError, EngineError
 
-__all__ = ["ENGINE_KINDS", "Engine", "LaunchEngine", "LocalEngine", "OpenAIEngine", "build_engine",
-           "register_engine"]
+__all__ = [
+    "ENGINE_KINDS",
+    "Engine",
+    "LaunchEngine",
+    "LocalEngine",
+    "OpenAIEngine",
+    "build_engine",
+    "register_engine",
+]
 
 ENGINE_KINDS: dict[str, type[Engine]] = {}
 
@@ -197,11 +204,28 @@ class LocalEngine(_ProcessEngine):
     def _command(self) -> list[str]:
         cfg = self.config
         assert self.model_dir is not None
-        command = [sys.executable, "-m", "shipyard.engines.local.worker", "--model-dir", str(self.model_dir),
-                   "--served-name", self.served_model, "--port", str(self.port), "--device", cfg.device,
-                   "--dtype", cfg.dtype, "--log-level", "warning"]
-        for flag, value in (("--kv-cache-tokens", cfg.kv_cache_tokens), ("--max-batch-tokens", cfg.max_batch_tokens),
-                            ("--threads", cfg.threads)):
+        command = [
+            sys.executable,
+            "-m",
+            "shipyard.engines.local.worker",
+            "--model-dir",
+            str(self.model_dir),
+            "--served-name",
+            self.served_model,
+            "--port",
+            str(self.port),
+            "--device",
+            cfg.device,
+            "--dtype",
+            cfg.dtype,
+            "--log-level",
+            "warning",
+        ]
+        for flag, value in (
+            ("--kv-cache-tokens", cfg.kv_cache_tokens),
+            ("--max-batch-tokens", cfg.max_batch_tokens),
+            ("--threads", cfg.threads),
+        ):
             if value is not None:
                 command += [flag, str(value)]
         return command

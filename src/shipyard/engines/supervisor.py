@@ -143,10 +143,8 @@ class ManagedProcess:
         """Return when the process died or stayed unhealthy too long."""
         failures = 0
         while not self._stopping:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(process.wait(), self.health_interval)
-            except TimeoutError:
-                pass
             if process.returncode is not None:
                 self.last_error = f"exited with code {process.returncode}"
                 return

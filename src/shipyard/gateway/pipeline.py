@@ -18,7 +18,14 @@ import orjson
 
 from shipyard.asgi import Send, SseStream, send_bytes
 from shipyard.config import LimitsConfig
-from shipyard.errors import ApiError, NotFound, RateLimited, ServiceUnavailable, UpstreamError, UpstreamTimeout
+from shipyard.errors import (
+    ApiError,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from shipyard.gateway.records import Recorder
 from shipyard.gateway.relay import SseSplitter
 from shipyard.gateway.routing import DeploymentRuntime, Router, TargetState
@@ -85,8 +92,11 @@ class Gateway:
     def deployment(self, name: str) -> DeploymentRuntime:
         dep = self.router.get(name)
         if dep is None:
-            raise NotFound(f"The model '{name}' does not exist: no deployment has that name (see GET /v1/models).",
-                           param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{name}' does not exist: no deployment has that name (see GET /v1/models).",
+                param="model",
+                code="model_not_found",
+            )
         return dep
 
     async def serve(self, call: Call, dep: DeploymentRuntime, send: Send) -> None:
@@ -119,8 +129,10 @@ class Gateway:
             tried: set[TargetState] = set()
             for _ in range(dep.config.retries + 1):
                 if loop.time() >= deadline:
-                    raise UpstreamTimeout(f"The request's deadline of {first.config.timeout:g}s passed.",
-                                          code="deadline_exceeded")
+                    raise UpstreamTimeout(
+                        f"The request's deadline of {first.config.timeout:g}s passed.",
+                        code="deadline_exceeded",
+                    )
                 target = dep.pick(Router.now(), tried)
                 if target is None:
                     target = await self._wait_for_cooling(dep, deadline, last)
@@ -156,10 +168,12 @@ class Gateway:
             raise last.error
         raise ServiceUnavailable(
             f"Deployment '{first.name}' has no healthy target right now (engines starting or down).",
-            code="no_healthy_target")
+            code="no_healthy_target",
+        )
 
-    async def _wait_for_cooling(self, dep: DeploymentRuntime, deadline: float,
-                                last: AttemptFailed | None) -> TargetState | None:
+    async def _wait_for_cooling(
+        self, dep: DeploymentRuntime, deadline: float, last: AttemptFailed | None
+    ) -> TargetState | None:
         """Every target is cooling after a 429: wait for the first to recover if the deadline allows."""
         now = Router.now()
         cool_end = dep.next_cool_end(now)
@@ -168,8 +182,11 @@ class Gateway:
         wait = cool_end - now
         loop = asyncio.get_running_loop()
         if loop.time() + wait >= deadline:
-            raise RateLimited(f"Deployment '{dep.name}' is rate limited upstream; retry later.",
-                              retry_after=wait, code="upstream_rate_limited")
+            raise RateLimited(
+                f"Deployment '{dep.name}' is rate limited upstream; retry later.",
+                retry_after=wait,
+                code="upstream_rate_limited",
+            )
         await asyncio.sleep(wait)
         return dep.pick(Router.now(), set())
 
@@ -204,8 +221,9 @@ class Gateway:
         url = target.engine.base_url + call.path
         try:
             async with asyncio.timeout(first_byte):
-                async with self.session.post(url, data=self._payload(call, target), headers=self._headers(target),
-                                             timeout=timeout) as response:
+                async with self.session.post(
+                    url, data=self._payload(call, target), headers=self._headers(target), timeout=timeout
+                ) as response:
                     data = await response.read()
                     status = response.status
                     retry_after = response.headers.get("retry-after")
@@ -218,8 +236,9 @@ class Gateway:
             call.usage = usage
         return data
 
-    async def _attempt_stream(self, call: Call, dep: DeploymentRuntime, target: TargetState, deadline: float,
-                              sse: SseStream) -> None:
+    async def _attempt_stream(
+        self, call: Call, dep: DeploymentRuntime, target: TargetState, deadline: float, sse: SseStream
+    ) -> None:
         assert self.session is not None
         timeout, first_byte = self._timeouts(dep, deadline)
         url = target.engine.base_url + call.path
@@ -228,19 +247,23 @@ class Gateway:
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(first_byte):
-                response = await self.session.post(url, data=self._payload(call, target),
-                                                   headers=self._headers(target), timeout=timeout)
+                response = await self.session.post(
+                    url, data=self._payload(call, target), headers=self._headers(target), timeout=timeout
+                )
                 if response.status != 200:
                     data = await response.content.read(_ERROR_READ_LIMIT)
-                    raise classify_status(response.status, data, response.headers.get("retry-after"),
-                                          target.engine.name)
+                    raise classify_status(
+                        response.status, data, response.headers.get("retry-after"), target.engine.name
+                    )
                 events: list[bytes] = []
                 while not events:
                     chunk = await response.content.readany()
                     if not chunk:
                         raise AttemptFailed(
                             _stream_error(f"Engine '{target.engine.name}' ended the stream before any event."),
-                            retryable=True, counts=True)
+                            retryable=True,
+                            counts=True,
+                        )
                     events = splitter.feed(chunk)
             committed = True
             await self._forward(call, splitter, events, sse)
@@ -262,12 +285,19 @@ class Gateway:
         if facts.error is not None:
             # The engine reported an error inside the stream; it was forwarded as is.
             await sse.close()
-            raise AttemptFailed(_stream_error(str(facts.error.get("message", facts.error))), retryable=False,
-                                counts=True, committed=True)
+            raise AttemptFailed(
+                _stream_error(str(facts.error.get("message", facts.error))),
+                retryable=False,
+                counts=True,
+                committed=True,
+            )
         if not facts.done:
             failure = AttemptFailed(
                 _stream_error(f"Engine '{target.engine.name}' ended the stream early (no [DONE])."),
-                retryable=False, counts=True, committed=True)
+                retryable=False,
+                counts=True,
+                committed=True,
+            )
             await _end_with_error(sse, failure.error)
             raise failure
         await sse.close()

@@ -21,8 +21,16 @@ __all__ = ["GatewayRoutes", "ROUTING_HEADERS"]
 
 # Headers some proxies use to pick an upstream. Shipyard never does; asking for it is refused.
 ROUTING_HEADERS = frozenset(
-    {b"api-base", b"base-url", b"x-api-base", b"x-base-url", b"x-upstream-url", b"x-target-url",
-     b"x-litellm-api-base", b"x-forward-to"}
+    {
+        b"api-base",
+        b"base-url",
+        b"x-api-base",
+        b"x-base-url",
+        b"x-upstream-url",
+        b"x-target-url",
+        b"x-litellm-api-base",
+        b"x-forward-to",
+    }
 )
 
 Checker = Callable[[dict[str, Any], LimitsConfig], RequestShape]
@@ -53,13 +61,13 @@ class GatewayRoutes:
     async def completion(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._call(scope, receive, send, "completions", "/completions", check_completion)
 
-    async def _call(self, scope: Scope, receive: Receive, send: Send, endpoint: str, path: str,
-                    check: Checker) -> None:
+    async def _call(self, scope: Scope, receive: Receive, send: Send, endpoint: str, path: str, check: Checker) -> None:
         for name, _ in scope["headers"]:
             if name in ROUTING_HEADERS:
                 raise InvalidRequest(
                     f"The '{name.decode()}' header is refused: where a request goes is decided by the deployment.",
-                    code="routing_field_refused")
+                    code="routing_field_refused",
+                )
         raw = await read_body(scope, receive, self.limits.max_body_bytes)
         body = parse_body(raw)
         shape = check(body, self.limits)
@@ -67,7 +75,9 @@ class GatewayRoutes:
         if dep.config.max_body_bytes is not None and len(raw) > dep.config.max_body_bytes:
             raise PayloadTooLarge(
                 f"The request body is {len(raw)} bytes; deployment '{dep.name}' accepts at most "
-                f"{dep.config.max_body_bytes}.", code="body_too_large")
+                f"{dep.config.max_body_bytes}.",
+                code="body_too_large",
+            )
         call = Call(endpoint, path, body, shape)
         self.inflight += 1
         work = asyncio.ensure_future(self.gateway.serve(call, dep, send))
@@ -118,8 +128,13 @@ def readiness(router: Router, draining: bool) -> dict[str, Any]:
     deployments = {}
     for name, dep in router.deployments.items():
         targets = [
-            {"engine": t.engine.name, "model": t.model, "healthy": t.engine.healthy, "ejected": t.ejected(now),
-             "cooling": t.cooling(now)}
+            {
+                "engine": t.engine.name,
+                "model": t.model,
+                "healthy": t.engine.healthy,
+                "ejected": t.ejected(now),
+                "cooling": t.cooling(now),
+            }
             for t in dep.targets
         ]
         deployments[name] = {"ready": dep.ready(now), "targets": targets}

@@ -89,15 +89,15 @@ class DeploymentRuntime:
 
 
 class Router:
-    def __init__(self, engines: dict[str, Engine], deployments: dict[str, DeploymentConfig],
-                 ejection: EjectionConfig) -> None:
+    def __init__(
+        self, engines: dict[str, Engine], deployments: dict[str, DeploymentConfig], ejection: EjectionConfig
+    ) -> None:
         self.engines = engines
         self.ejection = ejection
         self.deployments: dict[str, DeploymentRuntime] = {}
         for name, dep in deployments.items():
             targets = [
-                TargetState(engines[t.engine], t.model or engines[t.engine].served_model, t.weight)
-                for t in dep.targets
+                TargetState(engines[t.engine], t.model or engines[t.engine].served_model, t.weight) for t in dep.targets
             ]
             self.deployments[name] = DeploymentRuntime(name, dep, targets)
 

@@ -18,14 +18,27 @@ from shipyard.errors import (
     UpstreamTimeout,
 )
 
-__all__ = ["AttemptFailed", "classify_status", "client_session", "failure_from_exception", "retry_after_seconds"]
+__all__ = [
+    "AttemptFailed",
+    "classify_status",
+    "client_session",
+    "failure_from_exception",
+    "retry_after_seconds",
+]
 
 
 class AttemptFailed(Exception):
     """One attempt failed. `retryable`: another attempt may help. `counts`: toward ejecting the target."""
 
-    def __init__(self, error: ApiError, *, retryable: bool, counts: bool, cool: float | None = None,
-                 committed: bool = False) -> None:
+    def __init__(
+        self,
+        error: ApiError,
+        *,
+        retryable: bool,
+        counts: bool,
+        cool: float | None = None,
+        committed: bool = False,
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.retryable = retryable and not committed
@@ -37,8 +50,9 @@ class AttemptFailed(Exception):
 def client_session() -> aiohttp.ClientSession:
     """One pooled session for all engines; no per-request client setup on the hot path."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",),
-                                 raise_for_status=False)
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",), raise_for_status=False
+    )
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -81,27 +95,35 @@ def classify_status(status: int, data: bytes, retry_after: str | None, engine: s
     message = str(upstream.get("message")) if upstream else _snippet(data)
     if status == 429:
         seconds = retry_after_seconds(retry_after)
-        error = RateLimited(f"Engine '{engine}' is rate limited: {message}", retry_after=seconds,
-                            code="upstream_rate_limited")
+        error = RateLimited(
+            f"Engine '{engine}' is rate limited: {message}", retry_after=seconds, code="upstream_rate_limited"
+        )
         return AttemptFailed(error, retryable=True, counts=False, cool=seconds if seconds is not None else 1.0)
     if status in (401, 403):
         error = UpstreamError(
             f"Engine '{engine}' refused Shipyard's credentials (HTTP {status}); the operator should check the "
-            "engine's api_key_env.", code="upstream_auth_failed")
+            "engine's api_key_env.",
+            code="upstream_auth_failed",
+        )
         return AttemptFailed(error, retryable=False, counts=True)
     if status == 408:
-        return AttemptFailed(UpstreamTimeout(f"Engine '{engine}' timed out (HTTP 408).", code="upstream_timeout"),
-                             retryable=True, counts=True)
+        return AttemptFailed(
+            UpstreamTimeout(f"Engine '{engine}' timed out (HTTP 408).", code="upstream_timeout"),
+            retryable=True,
+            counts=True,
+        )
     if 400 <= status < 500:
         # The request itself was refused: pass the engine's answer on, and do not retry.
-        error = InvalidRequest(message, status=status, code=(upstream or {}).get("code"),
-                               param=(upstream or {}).get("param"))
+        error = InvalidRequest(
+            message, status=status, code=(upstream or {}).get("code"), param=(upstream or {}).get("param")
+        )
         if upstream and isinstance(upstream.get("type"), str):
             error.type = upstream["type"]
         return AttemptFailed(error, retryable=False, counts=False)
     if status == 503:
-        error: ApiError = ServiceUnavailable(f"Engine '{engine}' is unavailable: {message}",
-                                             code="upstream_unavailable")
+        error: ApiError = ServiceUnavailable(
+            f"Engine '{engine}' is unavailable: {message}", code="upstream_unavailable"
+        )
     elif status == 504:
         error = UpstreamTimeout(f"Engine '{engine}' timed out: {message}", code="upstream_timeout")
     else:
@@ -113,8 +135,9 @@ def failure_from_exception(exc: BaseException, engine: str, *, committed: bool =
     if isinstance(exc, TimeoutError):
         error: ApiError = UpstreamTimeout(f"Engine '{engine}' did not answer in time.", code="upstream_timeout")
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        error = ServiceUnavailable(f"Engine '{engine}' cannot be reached: {exc.os_error or exc}",
-                                   code="upstream_unreachable")
+        error = ServiceUnavailable(
+            f"Engine '{engine}' cannot be reached: {exc.os_error or exc}", code="upstream_unreachable"
+        )
     elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
         error = UpstreamError(f"Engine '{engine}' dropped the connection: {exc}", code="upstream_disconnected")
     else:

@@ -218,11 +218,16 @@ def _check_fields(body: dict[str, Any], spec: dict[str, Callable[[str, Any], Non
                     param=name,
                     code="routing_field_refused",
                 )
-            raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter"
+            )
         check(name, value)
     if not isinstance(body.get("model"), str) or not body["model"]:
-        raise InvalidRequest("'model' is required: name a deployment (see GET /v1/models).", param="model",
-                             code="missing_required_parameter")
+        raise InvalidRequest(
+            "'model' is required: name a deployment (see GET /v1/models).",
+            param="model",
+            code="missing_required_parameter",
+        )
 
 
 def _check_stop(body: dict[str, Any], limits: LimitsConfig) -> None:
@@ -327,7 +332,11 @@ def check_completion(body: dict[str, Any], limits: LimitsConfig) -> RequestShape
 
 
 def chat_chunk(
-    completion_id: str, model: str, created: int, choices: list[dict[str, Any]], usage: dict[str, int] | None = None
+    completion_id: str,
+    model: str,
+    created: int,
+    choices: list[dict[str, Any]],
+    usage: dict[str, int] | None = None,
 ) -> bytes:
     """One `chat.completion.chunk` as an SSE event."""
     payload: dict[str, Any] = {

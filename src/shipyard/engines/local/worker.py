@@ -169,8 +169,13 @@ class LocalWorker:
         await send_bytes(send, 200, b'{"status":"ok"}')
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        entry = {"id": self.served_name, "object": "model", "created": 0, "owned_by": "shipyard",
-                 "max_model_len": self.model.capacity}
+        entry = {
+            "id": self.served_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "shipyard",
+            "max_model_len": self.model.capacity,
+        }
         await send_bytes(send, 200, orjson.dumps({"object": "list", "data": [entry]}))
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -210,15 +215,17 @@ class LocalWorker:
                 if body.get("echo"):
                     jobs[-1].text = self.model.tokenizer.decode(prompt)
         prompt_tokens = sum(len(p) for p in prompts)
-        await self._respond(scope, receive, send, "completion", jobs, prompt_tokens, shape.stream,
-                            shape.include_usage)
+        await self._respond(scope, receive, send, "completion", jobs, prompt_tokens, shape.stream, shape.include_usage)
 
     # -- helpers --------------------------------------------------------------------------------
 
     def _check_model(self, model: str) -> None:
         if model != self.served_name:
-            raise NotFound(f"The model '{model}' does not exist; this engine serves '{self.served_name}'.",
-                           param="model", code="model_not_found")
+            raise NotFound(
+                f"The model '{model}' does not exist; this engine serves '{self.served_name}'.",
+                param="model",
+                code="model_not_found",
+            )
 
     def _budget(self, prompt_tokens: int, max_tokens: int | None) -> int:
         room = self.model.capacity - prompt_tokens
@@ -227,7 +234,9 @@ class LocalWorker:
             raise InvalidRequest(
                 f"This model's maximum context length is {self.model.capacity} tokens; the prompt uses "
                 f"{prompt_tokens} tokens{asked}. Shorten the prompt or lower max_tokens.",
-                param="messages", code="context_length_exceeded")
+                param="messages",
+                code="context_length_exceeded",
+            )
         return room if max_tokens is None else max_tokens
 
     async def _run(self, job: Job, request_id: str) -> AsyncIterator[str]:
@@ -251,8 +260,17 @@ class LocalWorker:
             if job.finish_reason:
                 return
 
-    async def _respond(self, scope: Scope, receive: Receive, send: Send, kind: str, jobs: list[Job],
-                       prompt_tokens: int, stream: bool, include_usage: bool) -> None:
+    async def _respond(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        kind: str,
+        jobs: list[Job],
+        prompt_tokens: int,
+        stream: bool,
+        include_usage: bool,
+    ) -> None:
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         cid = f"{prefix}-{uuid.uuid4().hex}"
         created = now()
@@ -283,8 +301,9 @@ class LocalWorker:
                     return
                 job, delta, error = getter.result()
                 if error is not None:
-                    api_error = error if isinstance(error, ApiError) else ServiceUnavailable(
-                        str(error), code="engine_stopped")
+                    api_error = (
+                        error if isinstance(error, ApiError) else ServiceUnavailable(str(error), code="engine_stopped")
+                    )
                     if sse is None:
                         raise api_error
                     await sse.write(b"data: " + api_error.body() + b"\n\n")
@@ -299,13 +318,21 @@ class LocalWorker:
                     await sse.write(self._chunk(kind, cid, created, job, delta))
                 else:
                     job.text += delta
-            usage = {"prompt_tokens": prompt_tokens,
-                     "completion_tokens": sum(j.completion_tokens for j in jobs)}
+            usage = {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": sum(j.completion_tokens for j in jobs),
+            }
             usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
             if sse is not None:
                 if include_usage:
-                    payload = {"id": cid, "object": self._object(kind, True), "created": created,
-                               "model": self.served_name, "choices": [], "usage": usage}
+                    payload = {
+                        "id": cid,
+                        "object": self._object(kind, True),
+                        "created": created,
+                        "model": self.served_name,
+                        "choices": [],
+                        "usage": usage,
+                    }
                     await sse.write(b"data: " + orjson.dumps(payload) + b"\n\n")
                 await sse.write(b"data: [DONE]\n\n")
                 await sse.close()
@@ -333,8 +360,14 @@ class LocalWorker:
             choice = {"index": job.index, "delta": body, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": job.index, "text": delta or "", "logprobs": None, "finish_reason": finish}
-        payload = {"id": cid, "object": self._object(kind, True), "created": created, "model": self.served_name,
-                   "system_fingerprint": "shipyard-local", "choices": [choice]}
+        payload = {
+            "id": cid,
+            "object": self._object(kind, True),
+            "created": created,
+            "model": self.served_name,
+            "system_fingerprint": "shipyard-local",
+            "choices": [choice],
+        }
         return b"data: " + orjson.dumps(payload) + b"\n\n"
 
     def _final(self, kind: str, cid: str, created: int, jobs: list[Job], usage: dict[str, int]) -> bytes:
@@ -342,13 +375,32 @@ class LocalWorker:
         for job in sorted(jobs, key=lambda j: j.index):
             if kind == "chat":
                 message = {"role": "assistant", "content": job.text, "refusal": None}
-                choices.append({"index": job.index, "message": message, "logprobs": None,
-                                "finish_reason": job.finish_reason})
+                choices.append(
+                    {
+                        "index": job.index,
+                        "message": message,
+                        "logprobs": None,
+                        "finish_reason": job.finish_reason,
+                    }
+                )
             else:
-                choices.append({"index": job.index, "text": job.text, "logprobs": None,
-                                "finish_reason": job.finish_reason})
-        payload = {"id": cid, "object": self._object(kind, False), "created": created, "model": self.served_name,
-                   "system_fingerprint": "shipyard-local", "choices": choices, "usage": usage}
+                choices.append(
+                    {
+                        "index": job.index,
+                        "text": job.text,
+                        "logprobs": None,
+                        "finish_reason": job.finish_reason,
+                    }
+                )
+        payload = {
+            "id": cid,
+            "object": self._object(kind, False),
+            "created": created,
+            "model": self.served_name,
+            "system_fingerprint": "shipyard-local",
+            "choices": choices,
+            "usage": usage,
+        }
         return orjson.dumps(payload)
 
 
@@ -381,14 +433,27 @@ def main(argv: list[str] | None = None) -> None:
 
     if not (args.model_dir / "config.json").is_file():
         raise SystemExit(f"shipyard: {args.model_dir} is not a Hugging Face model folder (no config.json)")
-    model = LocalModel(args.model_dir, device=args.device, dtype=args.dtype, kv_cache_tokens=args.kv_cache_tokens,
-                       max_batch_tokens=args.max_batch_tokens, threads=args.threads)
+    model = LocalModel(
+        args.model_dir,
+        device=args.device,
+        dtype=args.dtype,
+        kv_cache_tokens=args.kv_cache_tokens,
+        max_batch_tokens=args.max_batch_tokens,
+        threads=args.threads,
+    )
     model.load()
     worker = LocalWorker(model, args.served_name)
-    uvicorn.run(worker.app(), host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+    uvicorn.run(
+        worker.app(),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
+    )
 
 
 if __name__ == "__main__":
     main()
-
