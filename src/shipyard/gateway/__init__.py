@@ -1,0 +1,1 @@
+"""The data plane: OpenAI routes, routing, retries, relay, call records."""

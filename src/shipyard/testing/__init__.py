@@ -1,0 +1,1 @@
+"""Test and benchmark aids that stand in for third-party services (never for Shipyard parts)."""
