@@ -64,9 +64,9 @@ def fake_upstream() -> Iterator[FakeUpstreamProcess]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_url() -> Iterator[str]:
     """A private PostgreSQL cluster (Debian's binaries), started for the test session."""
-    server = PostgresServer.find(tmp_path_factory.mktemp("pg"))
+    server = PostgresServer.find()
     if server is None:
         if os.environ.get("SHIPYARD_REQUIRE_POSTGRES") == "1":
             pytest.fail("PostgreSQL binaries not found but SHIPYARD_REQUIRE_POSTGRES=1")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +61,7 @@ class ShipyardProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             PYTHON,
             "-m",
@@ -180,22 +182,23 @@ def start_fake_upstream(*args: str, port: int | None = None) -> FakeUpstreamProc
 class PostgresServer:
     """A throw-away PostgreSQL cluster in a temporary folder, run as the `postgres` user when root."""
 
-    def __init__(self, bindir: Path, base: Path) -> None:
+    def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.base = base
-        self.datadir = base / "data"
+        # Not under pytest's tmp dirs: those are private to root, and the server runs as `postgres`.
+        self.base = Path(tempfile.mkdtemp(prefix="shipyard-pg-"))
+        self.datadir = self.base / "data"
         self.port = free_port()
         self.user = "shipyard"
         self.password = "shipyard"
 
     @classmethod
-    def find(cls, base: Path) -> PostgresServer | None:
+    def find(cls) -> PostgresServer | None:
         candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
         for bindir in candidates:
             if (bindir / "initdb").exists():
-                return cls(bindir, base)
+                return cls(bindir)
         initdb = shutil.which("initdb")
-        return cls(Path(initdb).parent, base) if initdb else None
+        return cls(Path(initdb).parent) if initdb else None
 
     @property
     def url(self) -> str:
@@ -237,6 +240,7 @@ class PostgresServer:
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
             self.pg_ctl("stop", "-m", "immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
 
     @staticmethod
     def fresh_database(url: str) -> str:

@@ -169,7 +169,9 @@ class EjectionConfig(_Strict):
 class Settings(_Strict):
     """Everything `shipyard up` needs. Every field has a default: no file is required."""
 
-    data_dir: Path = Field(Path("~/.shipyard"), description="Where the SQLite store and converted models live.")
+    data_dir: Path = Field(
+        Path("~/.shipyard"), validate_default=True, description="Where the SQLite store and converted models live."
+    )
     database_url: str | None = Field(
         None,
         description="SQLAlchemy URL; default `sqlite:///<data_dir>/shipyard.db`. Use postgresql+psycopg://...",
