@@ -23,8 +23,9 @@ def _calls(server: ShipyardProcess, **params: object) -> list[dict]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_calls_are_recorded_in_the_store(backend: str, tmp_path: Path, fake_upstream: FakeUpstreamProcess,
-                                         request: pytest.FixtureRequest) -> None:
+def test_calls_are_recorded_in_the_store(
+    backend: str, tmp_path: Path, fake_upstream: FakeUpstreamProcess, request: pytest.FixtureRequest
+) -> None:
     env = {}
     if backend == "postgresql":
         from tests.helpers import PostgresServer
@@ -37,8 +38,7 @@ def test_calls_are_recorded_in_the_store(backend: str, tmp_path: Path, fake_upst
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
         for _ in range(5):
             client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], user="bob")
-        list(client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
-                                            stream=True))
+        list(client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], stream=True))
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
         wait_until(lambda: len(_calls(server)) >= 6, 10, what="six call records")

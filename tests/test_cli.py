@@ -18,15 +18,24 @@ SHIPYARD = [sys.executable, "-m", "shipyard.cli.main"]
 
 
 def _run(*args: str, stdin: str = "", timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*SHIPYARD, *args], input=stdin, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*SHIPYARD, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.model
 def test_chat_streams_answers_and_keeps_history(bundled_server: ShipyardProcess) -> None:
-    process = subprocess.Popen([*SHIPYARD, "chat", "smollm2", "--url", bundled_server.url, "--max-tokens", "24",
-                                "--temperature", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*SHIPYARD, "chat", "smollm2", "--url", bundled_server.url, "--max-tokens", "24", "--temperature", "0"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(b"Tell me about the ocean.\n")
     process.stdin.flush()

@@ -54,10 +54,13 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 
 
 def test_declared_fleet_replaces_the_default(tmp_path: Path) -> None:
-    path = _write(tmp_path, {
-        "engines": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1/", "api_key_env": "K"}},
-        "deployments": {"chat": {"targets": [{"engine": "up", "model": "m", "weight": 2}], "retries": 1}},
-    })
+    path = _write(
+        tmp_path,
+        {
+            "engines": {"up": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1/", "api_key_env": "K"}},
+            "deployments": {"chat": {"targets": [{"engine": "up", "model": "m", "weight": 2}], "retries": 1}},
+        },
+    )
     settings = load_settings(path, environ={})
     assert list(settings.engines) == ["up"]
     assert settings.engines["up"].base_url == "http://127.0.0.1:9/v1"  # trailing slash removed
@@ -71,12 +74,24 @@ def test_declared_fleet_replaces_the_default(tmp_path: Path) -> None:
         ({"server": {"prot": 1}}, "server.prot"),
         ({"engines": {"e": {"kind": "nope"}}}, "engines.e"),
         ({"engines": {"e": {"kind": "openai", "base_url": "ftp://x"}}}, "http:// or https://"),
-        ({"engines": {"e": {"kind": "launch", "command": []}}, "deployments": {"d": {"targets": [{"engine": "e"}]}}},
-         "engines.e.launch.command"),
-        ({"engines": {"e": {"kind": "openai", "base_url": "http://x"}},
-          "deployments": {"d": {"targets": [{"engine": "missing"}]}}}, "unknown engine 'missing'"),
-        ({"engines": {"e": {"kind": "openai", "base_url": "http://x"}},
-          "deployments": {"d": {"targets": [{"engine": "e"}], "fallbacks": ["d"]}}}, "invalid fallback 'd'"),
+        (
+            {"engines": {"e": {"kind": "launch", "command": []}}, "deployments": {"d": {"targets": [{"engine": "e"}]}}},
+            "engines.e.launch.command",
+        ),
+        (
+            {
+                "engines": {"e": {"kind": "openai", "base_url": "http://x"}},
+                "deployments": {"d": {"targets": [{"engine": "missing"}]}},
+            },
+            "unknown engine 'missing'",
+        ),
+        (
+            {
+                "engines": {"e": {"kind": "openai", "base_url": "http://x"}},
+                "deployments": {"d": {"targets": [{"engine": "e"}], "fallbacks": ["d"]}},
+            },
+            "invalid fallback 'd'",
+        ),
         ({"engines": {"bad name": {"kind": "openai", "base_url": "http://x"}}}, "engine name 'bad name'"),
         ({"deployments": {"d": {"targets": []}}, "engines": {}}, "deployments.d.targets"),
     ],

@@ -98,8 +98,10 @@ class OpenAIEngineConfig(_Strict):
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every call.")
     health_path: str | None = Field(
         None,
-        description="Path polled for health (e.g. `/models`); unset means health is judged from traffic only.",
+        description="Path on the engine's origin polled for health (e.g. `/health`, or `/v1/models` for a hosted "
+        "provider); unset means health is judged from traffic only.",
     )
+    health_interval: float = Field(5.0, gt=0, description="Seconds between health polls when `health_path` is set.")
 
     @field_validator("base_url")
     @classmethod

@@ -18,6 +18,7 @@ from shipyard.config import (
     LocalEngineConfig,
     OpenAIEngineConfig,
 )
+from shipyard.engines.health import HealthPoller, origin
 from shipyard.engines.supervisor import ManagedProcess, free_port
 from shipyard.errors import ConfigError, EngineError
 
@@ -103,9 +104,25 @@ class OpenAIEngine(Engine):
         super().__init__(name, config, data_dir)
         self.base_url = config.base_url
         self._headers = {**config.headers, **_key_headers(config.api_key_env, name)}
+        self._poller: HealthPoller | None = None
+        if config.health_path:
+            url = origin(config.base_url) + "/" + config.health_path.lstrip("/")
+            self._poller = HealthPoller(name, url, config.health_interval, self._headers)
 
     def auth_headers(self) -> dict[str, str]:
         return self._headers
+
+    @property
+    def healthy(self) -> bool:
+        return self._poller is None or self._poller.healthy
+
+    async def start(self) -> None:
+        if self._poller is not None:
+            self._poller.start()
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            await self._poller.stop()
 
 
 class _ProcessEngine(Engine):

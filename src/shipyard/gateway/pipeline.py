@@ -104,8 +104,8 @@ class Gateway:
         sse = SseStream(send) if call.shape.stream else None
         try:
             body = await self._route(call, dep, sse)
+            call.status = call.status or 200
             if body is not None:
-                call.status = 200
                 await send_bytes(send, 200, body)
         except ApiError as error:
             call.status, call.error = error.status, error
@@ -188,7 +188,8 @@ class Gateway:
                 code="upstream_rate_limited",
             )
         await asyncio.sleep(wait)
-        return dep.pick(Router.now(), set())
+        # The loop's clock and time.monotonic() may disagree by a millisecond: judge at the cool end at least.
+        return dep.pick(max(Router.now(), cool_end), set())
 
     async def _backoff(self, dep: DeploymentRuntime, retry: int, deadline: float) -> None:
         cap = min(dep.config.backoff_max, dep.config.backoff * (2 ** max(0, retry - 1)))

@@ -9,7 +9,8 @@ Shipyard's own parts.
 Control endpoints:
     POST /_fake/script   a JSON list of behaviours, consumed one per completion request:
                          {"status": 500} · {"status": 429, "retry_after": 2} · {"hang": true}
-                         {"reset_after_chunks": 2} · {"delay_ms": 300} · {"ok": true}
+                         {"reset_after_chunks": 2} · {"reset": true} (drop the connection at once)
+                         {"delay_ms": 300} · {"ok": true}
     POST /_fake/health   {"ok": false} makes /health answer 503
     GET  /_fake/stats    requests seen, requests whose client went away, the last body and headers
     POST /_fake/reset    clear script and stats
@@ -220,6 +221,9 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         if behaviour.get("hang"):
             await asyncio.sleep(3600)
+            return
+        if behaviour.get("reset"):
+            transport.abort()
             return
         delay = behaviour.get("delay_ms", fake.latency * 1000) / 1000
         status = int(behaviour.get("status", 200))
