@@ -47,12 +47,14 @@ class ShipyardProcess:
         env: dict[str, str] | None = None,
         extra_args: list[str] | None = None,
         port: int | None = None,
+        flags: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.config = config
         self.env = env or {}
         self.extra_args = extra_args or []
+        self.flags = flags  # False: no --port/--data-dir, so the environment or file must supply them
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir / "server.log"
 
@@ -62,16 +64,9 @@ class ShipyardProcess:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            PYTHON,
-            "-m",
-            "shipyard.cli.main",
-            "up",
-            "--port",
-            str(self.port),
-            "--data-dir",
-            str(self.data_dir),
-        ]
+        args = [PYTHON, "-m", "shipyard.cli.main", "up"]
+        if self.flags:
+            args += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
         if self.config is not None:
             config_path = self.data_dir / "shipyard.yaml"
             config_path.write_text(yaml.safe_dump(self.config))

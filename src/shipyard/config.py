@@ -125,6 +125,10 @@ class LaunchEngineConfig(_Strict):
     api_key_env: str | None = Field(None, description="Environment variable holding the key the server expects.")
     health_path: str = Field("/health", description="Path that answers 200 when the server is ready.")
     startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for health after each start.")
+    health_interval: float = Field(2.0, gt=0, description="Seconds between health checks once it is up.")
+    unhealthy_restart_after: int = Field(
+        5, ge=1, description="Failed health checks in a row after which a live process is killed and restarted."
+    )
     restart_backoff: float = Field(1.0, gt=0, description="First restart delay; doubles up to `restart_backoff_max`.")
     restart_backoff_max: float = Field(60.0, gt=0, description="Longest delay between restarts.")
 

@@ -179,6 +179,8 @@ class LaunchEngine(_ProcessEngine):
             startup_timeout=cfg.startup_timeout,
             backoff=cfg.restart_backoff,
             backoff_max=cfg.restart_backoff_max,
+            health_interval=cfg.health_interval,
+            unhealthy_restart_after=cfg.unhealthy_restart_after,
         )
         self.process.start()
 

@@ -153,7 +153,8 @@ class ManagedProcess:
                 self.healthy = True
                 continue
             failures += 1
-            self.healthy = False
+            if failures >= 2:  # one slow answer under load is not an outage
+                self.healthy = False
             if failures >= self.unhealthy_restart_after:
                 self.last_error = f"failed {failures} health checks in a row"
                 return
