@@ -60,6 +60,7 @@ class LocalModel:
         self.vocab_size = 0
         self.context_length = 0
         self.capacity = 0
+        self.counts = {"started": 0, "finished": 0, "cancelled": 0}
 
     def load(self) -> None:
         import torch
@@ -132,13 +133,16 @@ class LocalModel:
         manager.register_result_handler(request_id, queue.put_nowait)
         finished = False
         try:
-            manager.add_request(
+            accepted = manager.add_request(
                 prompt,
                 request_id=request_id,
                 max_new_tokens=max_new_tokens,
                 streaming=True,
                 **sampling.processor_kwargs(self.vocab_size),
             )
+            if accepted is None:
+                raise EngineStopped("the engine is not accepting requests (stopping)")
+            self.counts["started"] += 1
             while not finished:
                 try:
                     output = await asyncio.wait_for(queue.get(), timeout=2.0)
@@ -149,10 +153,20 @@ class LocalModel:
                 finished = output.is_finished()
                 yield Step(list(output.generated_tokens), finished, output.error)
         finally:
-            if not finished:
+            if finished:
+                self.counts["finished"] += 1
+            else:
+                self.counts["cancelled"] += 1
                 manager.cancel_request(request_id)
+                # A cancelled request gets no final output, so its handler is never removed for us.
                 with manager.output_router._lock:
                     manager.output_router.result_handlers.pop(request_id, None)
+
+    def stats(self) -> dict[str, int]:
+        counts = self.counts
+        handlers = len(self.manager.output_router.result_handlers) if self.manager is not None else 0
+        active = counts["started"] - counts["finished"] - counts["cancelled"]
+        return {**counts, "active": active, "result_handlers": handlers}
 
     def close(self) -> None:
         if self.manager is not None and self.manager.is_running():

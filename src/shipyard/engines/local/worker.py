@@ -157,6 +157,7 @@ class LocalWorker:
                 Route("/v1/completions", api_endpoint(self.completion)),
                 Route("/v1/models", api_endpoint(self.models, ("GET",))),
                 Route("/health", api_endpoint(self.health, ("GET",))),
+                Route("/stats", api_endpoint(self.stats, ("GET",))),
             ],
             lifespan=lifespan,
         )
@@ -167,6 +168,10 @@ class LocalWorker:
         if not self.model.running:
             raise ServiceUnavailable("The generation loop is not running.", code="engine_stopped")
         await send_bytes(send, 200, b'{"status":"ok"}')
+
+    async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Generation counters: started, finished, cancelled, active, and live result handlers."""
+        await send_bytes(send, 200, orjson.dumps(self.model.stats()))
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = {
