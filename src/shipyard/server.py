@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -89,6 +90,11 @@ async def _start(state: AppState) -> None:
     for engine in state.engines.values():
         await engine.start()
     state.tasks.append(asyncio.create_task(_announce_ready(state)))
+    # Everything built so far lives as long as the server: keep it out of the cyclic GC's way. Full collections
+    # over it were the gateway's tail latency (p99 at concurrency 16 went from ~50 ms to ~11 ms; bench/).
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
 
 
 async def _announce_ready(state: AppState) -> None:

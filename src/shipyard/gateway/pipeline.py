@@ -7,9 +7,9 @@ this module only decides what to try next, relays the answer, and records the ca
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ class Call:
     shape: RequestShape
     started: float = field(default_factory=time.perf_counter)
     created_at: float = field(default_factory=time.time)
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: new_id())
     attempts: int = 0
     status: int = 0
     error: ApiError | None = None
@@ -79,6 +79,11 @@ class Call:
             "completion_tokens": usage.get("completion_tokens"),
             "user": self.body.get("user") if isinstance(self.body.get("user"), str) else None,
         }
+
+
+def new_id() -> str:
+    """32 hex characters, time-ordered (nanoseconds, then 64 random bits): appends stay cheap in a B-tree."""
+    return f"{time.time_ns():016x}{int.from_bytes(os.urandom(8), 'big'):016x}"
 
 
 class Gateway:

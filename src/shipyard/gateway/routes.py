@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -80,17 +79,19 @@ class GatewayRoutes:
             )
         call = Call(endpoint, path, body, shape)
         self.inflight += 1
-        work = asyncio.ensure_future(self.gateway.serve(call, dep, send))
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        # Serve in this task; a watcher cancels it if the client goes away (stopping the engine's work too).
+        task = asyncio.current_task()
+        assert task is not None
+        state = _Watch()
+        watcher = asyncio.ensure_future(_cancel_on_disconnect(receive, task, state))
         try:
-            await asyncio.wait((work, watcher), return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                work.cancel()  # the client went away: stop the engine's work too
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
-                return
-            work.result()
+            await self.gateway.serve(call, dep, send)
+        except asyncio.CancelledError:
+            if not state.client_gone:
+                raise
+            task.uncancel()
         finally:
+            state.finished = True
             watcher.cancel()
             self.inflight -= 1
 
@@ -117,6 +118,21 @@ class GatewayRoutes:
             await send_bytes(send, 503, orjson.dumps(body))
             return
         await send_bytes(send, 200, orjson.dumps(report))
+
+
+class _Watch:
+    __slots__ = ("client_gone", "finished")
+
+    def __init__(self) -> None:
+        self.client_gone = False
+        self.finished = False
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task, state: _Watch) -> None:
+    await wait_disconnect(receive)
+    if not state.finished:  # after the response, uvicorn reports "disconnect" too: that is not the client leaving
+        state.client_gone = True
+        task.cancel()
 
 
 def _model_entry(name: str) -> dict[str, Any]:
