@@ -139,14 +139,15 @@ class api_endpoint:
     """Wrap a raw handler: method check, ApiError → OpenAI JSON, unexpected errors → logged 500.
 
     An instance (not a function) so that Starlette's Route treats it as a plain ASGI app.
+    `methods=None` accepts every method.
     """
 
-    def __init__(self, handler: Handler, methods: tuple[str, ...] = ("POST",)) -> None:
+    def __init__(self, handler: Handler, methods: tuple[str, ...] | None = ("POST",)) -> None:
         self.handler = handler
         self.methods = methods
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in self.methods:
+        if self.methods is not None and scope["method"] not in self.methods:
             error = InvalidRequest(
                 f"Method {scope['method']} is not allowed here; use {', '.join(self.methods)}.",
                 status=405,

@@ -19,6 +19,7 @@ from starlette.routing import Mount
 from shipyard.asgi import not_found
 from shipyard.config import Settings
 from shipyard.engines.base import Engine, build_engine
+from shipyard.errors import ShipyardError
 from shipyard.gateway.pipeline import Gateway
 from shipyard.gateway.records import Recorder
 from shipyard.gateway.routes import GatewayRoutes, readiness
@@ -50,15 +51,15 @@ def _public_config(config: object) -> dict[str, object]:
     return config.model_dump(mode="json")  # type: ignore[attr-defined]
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The whole server as one ASGI app. Engines start in its lifespan."""
+def create_app(settings: Settings, store: Store | None = None) -> Starlette:
+    """The whole server as one ASGI app. Engines start in its lifespan; the store opens there too unless given."""
     from shipyard.api import create_api
 
     engines = {name: build_engine(name, cfg, settings.data_dir) for name, cfg in settings.engines.items()}
     router = Router(engines, settings.deployments, settings.ejection)
     gateway = Gateway(router, settings.limits, recorder=None)
     routes = GatewayRoutes(gateway, settings.limits)
-    state = AppState(settings, engines, router, gateway, routes)
+    state = AppState(settings, engines, router, gateway, routes, store=store)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -77,7 +78,8 @@ def create_app(settings: Settings) -> Starlette:
 async def _start(state: AppState) -> None:
     settings = state.settings
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    state.store = await asyncio.to_thread(Store, settings.store_url)
+    if state.store is None:
+        state.store = await asyncio.to_thread(Store, settings.store_url)
     store = state.store
     await asyncio.to_thread(store.engines.replace_all, {n: _public_config(c) for n, c in settings.engines.items()})
     await asyncio.to_thread(
@@ -163,7 +165,9 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Open the store and build every engine before listening, so configuration mistakes are clear errors.
+    app = create_app(settings, Store(settings.store_url))
     config = uvicorn.Config(
         app,
         host=settings.server.host,
@@ -177,3 +181,5 @@ def serve(settings: Settings) -> None:
     )
     server = _DrainingServer(config, app.state.shipyard.routes, settings.server.drain_seconds)
     server.run()
+    if not server.started:
+        raise ShipyardError("the server did not start (see the messages above)")

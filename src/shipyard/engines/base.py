@@ -212,6 +212,8 @@ class LocalEngine(_ProcessEngine):
 
     def __init__(self, name: str, config: LocalEngineConfig, data_dir: Path) -> None:
         super().__init__(name, config, data_dir)
+        if config.model != BUNDLED_MODEL:
+            prepare_local_model(config.model, data_dir)  # a bad path is a configuration error, found at once
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.model_dir: Path | None = None

@@ -29,7 +29,7 @@ from shipyard.errors import (
 from shipyard.gateway.records import Recorder
 from shipyard.gateway.relay import SseSplitter
 from shipyard.gateway.routing import DeploymentRuntime, Router, TargetState
-from shipyard.gateway.upstream import AttemptFailed, classify_status, failure_from_exception
+from shipyard.gateway.upstream import AttemptFailed, classify_status, failure_from_exception, malformed_answer
 from shipyard.wire.openai import RequestShape
 
 __all__ = ["Call", "Gateway"]
@@ -127,45 +127,31 @@ class Gateway:
                 self.recorder.add(call.record())
 
     async def _route(self, call: Call, first: DeploymentRuntime, sse: SseStream | None) -> bytes | None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + first.config.timeout
+        """Try the deployment, then its fallbacks, within one deadline; return the JSON answer (None: streamed)."""
+        deadline = asyncio.get_running_loop().time() + first.config.timeout
         last: AttemptFailed | None = None
         for dep in self.router.chain(first):
             tried: set[TargetState] = set()
-            for _ in range(dep.config.retries + 1):
-                if loop.time() >= deadline:
+            for attempt in range(dep.config.retries + 1):
+                if asyncio.get_running_loop().time() >= deadline:
                     raise UpstreamTimeout(
-                        f"The request's deadline of {first.config.timeout:g}s passed.",
-                        code="deadline_exceeded",
+                        f"The request's deadline of {first.config.timeout:g}s passed.", code="deadline_exceeded"
                     )
                 target = dep.pick(Router.now(), tried)
-                if target is None:
-                    target = await self._wait_for_cooling(dep, deadline, last)
-                    if target is None:
-                        break
-                if target in tried:
-                    await self._backoff(dep, len(tried), deadline)
+                if target is None:  # none usable: every target cooling (429), or none healthy
+                    waited = await self._wait_for_cooling(dep, deadline)
+                    if not isinstance(waited, TargetState):
+                        last = waited or last
+                        break  # nothing usable here in time: on to the fallbacks
+                    target = waited
+                elif target in tried:
+                    await self._backoff(dep, attempt, deadline)
                 tried.add(target)
-                call.attempts += 1
-                call.target, call.served_by = target, dep.name
                 try:
-                    if sse is None:
-                        body = await self._attempt_json(call, dep, target, deadline)
-                    else:
-                        await self._attempt_stream(call, dep, target, deadline, sse)
-                        body = None
-                    target.succeeded()
-                    return body
+                    return await self._attempt(call, dep, target, deadline, sse)
                 except AttemptFailed as failure:
                     last = failure
-                    now = Router.now()
-                    if failure.cool is not None:
-                        target.cool(now, failure.cool)
-                    elif failure.counts:
-                        target.failed(now, self.router.ejection)
                     if failure.committed:
-                        call.status = 200
-                        call.error = failure.error
                         return None
                     if not failure.retryable:
                         raise failure.error from None
@@ -176,9 +162,31 @@ class Gateway:
             code="no_healthy_target",
         )
 
-    async def _wait_for_cooling(
-        self, dep: DeploymentRuntime, deadline: float, last: AttemptFailed | None
-    ) -> TargetState | None:
+    async def _attempt(
+        self, call: Call, dep: DeploymentRuntime, target: TargetState, deadline: float, sse: SseStream | None
+    ) -> bytes | None:
+        """One call to one target; the target's state learns the outcome."""
+        call.attempts += 1
+        call.target, call.served_by = target, dep.name
+        try:
+            if sse is None:
+                body = await self._attempt_json(call, dep, target, deadline)
+            else:
+                await self._attempt_stream(call, dep, target, deadline, sse)
+                body = None
+        except AttemptFailed as failure:
+            now = Router.now()
+            if failure.cool is not None:
+                target.cool(now, failure.cool)
+            elif failure.counts:
+                target.failed(now, self.router.ejection)
+            if failure.committed:
+                call.status, call.error = 200, failure.error
+            raise
+        target.succeeded()
+        return body
+
+    async def _wait_for_cooling(self, dep: DeploymentRuntime, deadline: float) -> TargetState | AttemptFailed | None:
         """Every target is cooling after a 429: wait for the first to recover if the deadline allows."""
         now = Router.now()
         cool_end = dep.next_cool_end(now)
@@ -187,17 +195,19 @@ class Gateway:
         wait = cool_end - now
         loop = asyncio.get_running_loop()
         if loop.time() + wait >= deadline:
-            raise RateLimited(
+            error = RateLimited(
                 f"Deployment '{dep.name}' is rate limited upstream; retry later.",
                 retry_after=wait,
                 code="upstream_rate_limited",
             )
+            return AttemptFailed(error, retryable=False, counts=False)
         await asyncio.sleep(wait)
         # The loop's clock and time.monotonic() may disagree by a millisecond: judge at the cool end at least.
         return dep.pick(max(Router.now(), cool_end), set())
 
-    async def _backoff(self, dep: DeploymentRuntime, retry: int, deadline: float) -> None:
-        cap = min(dep.config.backoff_max, dep.config.backoff * (2 ** max(0, retry - 1)))
+    async def _backoff(self, dep: DeploymentRuntime, attempt: int, deadline: float) -> None:
+        """Sleep before retrying a target: `backoff` doubled for each attempt so far, with jitter."""
+        cap = min(dep.config.backoff_max, dep.config.backoff * (2 ** max(0, attempt - 1)))
         delay = self._random.uniform(cap / 2, cap) if cap > 0 else 0
         remaining = deadline - asyncio.get_running_loop().time()
         if delay > 0:
@@ -237,8 +247,14 @@ class Gateway:
             raise failure_from_exception(exc, target.engine.name) from None
         if status != 200:
             raise classify_status(status, data, retry_after, target.engine.name)
-        usage = _usage_of(data)
-        if usage is not None:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            payload = None
+        if not isinstance(payload, dict):
+            raise malformed_answer(data, target.engine.name)
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
             call.usage = usage
         return data
 
@@ -250,6 +266,7 @@ class Gateway:
         url = target.engine.base_url + call.path
         splitter = SseSplitter(call.shape.include_usage)
         committed = False
+        read_to_end = False
         response: aiohttp.ClientResponse | None = None
         try:
             async with asyncio.timeout(first_byte):
@@ -276,6 +293,7 @@ class Gateway:
             while True:
                 chunk = await response.content.readany()
                 if not chunk:
+                    read_to_end = True
                     break
                 await self._forward(call, splitter, splitter.feed(chunk), sse)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -285,7 +303,12 @@ class Gateway:
             raise failure from None
         finally:
             if response is not None:
-                response.close()
+                # A stream read to its end gives its connection back to the pool; anything else closes it,
+                # which is also how a cancelled request reaches the engine.
+                if read_to_end:
+                    response.release()
+                else:
+                    response.close()
         facts = splitter.facts
         call.usage = facts.usage
         if facts.error is not None:
@@ -327,15 +350,3 @@ async def _end_with_error(sse: SseStream, error: ApiError) -> None:
         await sse.close()
     except OSError:
         pass
-
-
-def _usage_of(data: bytes) -> dict[str, Any] | None:
-    index = data.rfind(b'"usage"')
-    if index < 0:
-        return None
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    usage = payload.get("usage") if isinstance(payload, dict) else None
-    return usage if isinstance(usage, dict) else None

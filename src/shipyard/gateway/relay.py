@@ -13,7 +13,7 @@ import orjson
 
 __all__ = ["SseSplitter", "StreamFacts"]
 
-DONE = b"data: [DONE]"
+DONE = b"[DONE]"
 
 
 class StreamFacts:
@@ -39,9 +39,10 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the complete events (each ending in a blank line) to forward now."""
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
-        data = self._buffer + chunk if self._buffer else chunk
+        buffer = self._buffer
+        data = buffer + chunk if buffer else chunk
+        if b"\r" in chunk or buffer[-1:] == b"\r":  # CRLF line ends, maybe split between two reads
+            data = data.replace(b"\r\n", b"\n")
         out: list[bytes] = []
         start = 0
         while True:
@@ -58,7 +59,7 @@ class SseSplitter:
     def _inspect(self, event: bytes) -> bool:
         facts = self.facts
         facts.events += 1
-        if event.startswith(DONE):
+        if len(event) < 24 and event.startswith(b"data:") and event[5:].strip() == DONE:  # "data:[DONE]" too
             facts.done = True
             return True
         if facts.first_content is None and _has_text(event):

@@ -52,6 +52,9 @@ class GatewayRoutes:
             Route("/v1/models/{model:path}", api_endpoint(self.model, ("GET",))),
             Route("/healthz", api_endpoint(self.healthz, ("GET",))),
             Route("/readyz", api_endpoint(self.readyz, ("GET",))),
+            # Last: anything else under /v1 is a JSON 404. Without it, Starlette answers a path with a trailing
+            # slash with a redirect built from the Host header, and the Host header must play no part.
+            Route("/v1/{rest:path}", api_endpoint(self.unknown, None)),
         ]
 
     async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -104,6 +107,9 @@ class GatewayRoutes:
         if self.gateway.router.get(name) is None:
             raise NotFound(f"The model '{name}' does not exist.", param="model", code="model_not_found")
         await send_bytes(send, 200, orjson.dumps(_model_entry(name)))
+
+    async def unknown(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotFound(f"No route for {scope['method']} {scope['path']}.", code="route_not_found")
 
     async def healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_bytes(send, 200, b'{"status":"ok"}')

@@ -40,8 +40,10 @@ class TargetState:
         return self.engine.healthy and not self.ejected(now) and not self.cooling(now)
 
     def succeeded(self) -> None:
+        """An answer proves the target works: forget its failures (and end an ejection it was tried in)."""
         self.failures = 0
         self.ejections = 0
+        self.ejected_until = 0.0
 
     def failed(self, now: float, policy: EjectionConfig) -> bool:
         """Count a failure; return True if the target was ejected by it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "classify_status",
     "client_session",
     "failure_from_exception",
+    "malformed_answer",
     "retry_after_seconds",
 ]
 
@@ -55,19 +57,23 @@ def client_session() -> aiohttp.ClientSession:
     )
 
 
+MAX_RETRY_AFTER = 86_400.0  # a day: a longer Retry-After is taken as this
+
+
 def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: a number, or an HTTP date."""
+    """Retry-After as seconds in [0, a day]: a number, or an HTTP date; None if absent or unreadable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if not math.isfinite(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _upstream_error(data: bytes) -> dict[str, Any] | None:
@@ -95,10 +101,11 @@ def classify_status(status: int, data: bytes, retry_after: str | None, engine: s
     message = str(upstream.get("message")) if upstream else _snippet(data)
     if status == 429:
         seconds = retry_after_seconds(retry_after)
+        cool = seconds if seconds is not None else 1.0  # the target cools this long; the caller is told so
         error = RateLimited(
-            f"Engine '{engine}' is rate limited: {message}", retry_after=seconds, code="upstream_rate_limited"
+            f"Engine '{engine}' is rate limited: {message}", retry_after=cool, code="upstream_rate_limited"
         )
-        return AttemptFailed(error, retryable=True, counts=False, cool=seconds if seconds is not None else 1.0)
+        return AttemptFailed(error, retryable=True, counts=False, cool=cool)
     if status in (401, 403):
         error = UpstreamError(
             f"Engine '{engine}' refused Shipyard's credentials (HTTP {status}); the operator should check the "
@@ -128,6 +135,15 @@ def classify_status(status: int, data: bytes, retry_after: str | None, engine: s
         error = UpstreamTimeout(f"Engine '{engine}' timed out: {message}", code="upstream_timeout")
     else:
         error = UpstreamError(f"Engine '{engine}' failed with HTTP {status}: {message}", code="upstream_error")
+    return AttemptFailed(error, retryable=True, counts=True)
+
+
+def malformed_answer(data: bytes, engine: str) -> AttemptFailed:
+    """A 200 whose body is not a JSON object (a proxy's HTML page, a truncated body): the engine's fault."""
+    error = UpstreamError(
+        f"Engine '{engine}' answered 200 with a body that is not a JSON object: {_snippet(data)}",
+        code="upstream_bad_response",
+    )
     return AttemptFailed(error, retryable=True, counts=True)
 
 

@@ -10,7 +10,12 @@ Control endpoints:
     POST /_fake/script   a JSON list of behaviours, consumed one per completion request:
                          {"status": 500} · {"status": 429, "retry_after": 2} · {"hang": true}
                          {"reset_after_chunks": 2} · {"reset": true} (drop the connection at once)
-                         {"delay_ms": 300} · {"ok": true}
+                         {"delay_ms": 300} · {"ok": true} · {"body": "<html>"} (this raw body, status 200
+                         unless given)
+                         streams also take {"chunks": 3} · {"first_delay_ms": 50} · {"chunk_delay_ms": 100}
+                         {"end_after_chunks": 2} (end cleanly, without [DONE])
+                         {"odd_framing": true} (valid but unusual SSE: CRLF line ends, "data:" without
+                         a space, each event written in two pieces split inside its final CR LF)
     POST /_fake/health   {"ok": false} makes /health answer 503
     GET  /_fake/stats    requests seen, requests whose client went away, the last body and headers
     POST /_fake/reset    clear script and stats
@@ -102,13 +107,13 @@ class FakeUpstream:
             {**head, "choices": [{"index": 0, "delta": {"content": "tok "}, "finish_reason": None}]}
         )
         self.final_event = _event({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        self.usage_event = _event(
-            {
-                **head,
-                "choices": [],
-                "usage": {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks},
-            }
-        )
+        self._head = head
+        self.usage_event = self.usage_for(chunks)
+
+    def usage_for(self, chunks: int) -> bytes:
+        """The usage-only event of a stream of `chunks` content chunks (5 prompt tokens, one per chunk)."""
+        usage = {"prompt_tokens": 5, "completion_tokens": chunks, "total_tokens": 5 + chunks}
+        return _event({**self._head, "choices": [], "usage": usage})
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -227,6 +232,11 @@ class _Connection(asyncio.Protocol):
             return
         delay = behaviour.get("delay_ms", fake.latency * 1000) / 1000
         status = int(behaviour.get("status", 200))
+        if "body" in behaviour:
+            if delay:
+                await asyncio.sleep(delay)
+            transport.write(_response(status, str(behaviour["body"]).encode(), content_type=b"text/html"))
+            return
         if status != 200:
             if delay:
                 await asyncio.sleep(delay)
@@ -256,23 +266,50 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         reset_after = behaviour.get("reset_after_chunks")
+        end_after = behaviour.get("end_after_chunks")
         first = behaviour.get("first_delay_ms")
+        gap = behaviour.get("chunk_delay_ms")
+        gap = fake.chunk_delay if gap is None else gap / 1000
         chunks = int(behaviour.get("chunks", fake.chunks))
+        odd = bool(behaviour.get("odd_framing"))
         transport.write(fake.stream_head)
         await asyncio.sleep(fake.first_delay if first is None else first / 1000)
-        transport.write(_chunk(fake.role_event + fake.token_event))
+        if odd:
+            await self._send_odd(fake.role_event + fake.token_event)
+        else:
+            transport.write(_chunk(fake.role_event + fake.token_event))
         for index in range(1, chunks):
             if reset_after is not None and index >= reset_after:
                 transport.abort()
                 return
-            if fake.chunk_delay:
-                await asyncio.sleep(fake.chunk_delay)
-            transport.write(_chunk(fake.token_event))
+            if end_after is not None and index >= end_after:
+                transport.write(b"0\r\n\r\n")
+                return
+            if gap:
+                await asyncio.sleep(gap)
+            if odd:
+                await self._send_odd(fake.token_event)
+            else:
+                transport.write(_chunk(fake.token_event))
         tail = fake.final_event
         if (body.get("stream_options") or {}).get("include_usage"):
-            tail += fake.usage_event
-        transport.write(_chunk(tail + b"data: [DONE]\n\n") + b"0\r\n\r\n")
+            tail += fake.usage_event if chunks == fake.chunks else fake.usage_for(chunks)
+        tail += b"data: [DONE]\n\n"
+        if odd:
+            await self._send_odd(tail)
+            transport.write(b"0\r\n\r\n")
+        else:
+            transport.write(_chunk(tail) + b"0\r\n\r\n")
         fake.completed_streams += 1
+
+    async def _send_odd(self, events: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        for event in events.split(b"\n\n")[:-1]:
+            raw = event.replace(b"data: ", b"data:", 1).replace(b"\n", b"\r\n") + b"\r\n\r"
+            transport.write(_chunk(raw))
+            await asyncio.sleep(0.01)  # the final \n arrives in a later read
+            transport.write(_chunk(b"\n"))
 
 
 async def serve(fake: FakeUpstream, host: str, port: int, ready: asyncio.Event | None = None) -> None:

@@ -294,12 +294,14 @@ def _check_prompt(body: dict[str, Any]) -> None:
     raise _bad("prompt", "expected a string, a list of strings, or token ids.", "invalid_type")
 
 
-def _shape(body: dict[str, Any], limits: LimitsConfig, max_tokens: int | None) -> RequestShape:
+def _shape(
+    body: dict[str, Any], limits: LimitsConfig, max_tokens: int | None, tokens_param: str = "max_tokens"
+) -> RequestShape:
     n = body.get("n") or 1
     if n > limits.max_n:
         raise _bad("n", f"{n} choices asked; at most {limits.max_n} are allowed.")
     if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise _bad("max_tokens", f"{max_tokens} is above this server's cap of {limits.max_tokens}.")
+        raise _bad(tokens_param, f"{max_tokens} is above this server's cap of {limits.max_tokens}.")
     stream = bool(body.get("stream"))
     options = body.get("stream_options")
     if options is not None and not stream:
@@ -317,7 +319,9 @@ def check_chat(body: dict[str, Any], limits: LimitsConfig) -> RequestShape:
     legacy = body.get("max_tokens")
     if max_tokens is not None and legacy is not None and max_tokens != legacy:
         raise _bad("max_tokens", "give either 'max_tokens' or 'max_completion_tokens', not two different values.")
-    return _shape(body, limits, max_tokens if max_tokens is not None else legacy)
+    if max_tokens is not None:
+        return _shape(body, limits, max_tokens, "max_completion_tokens")
+    return _shape(body, limits, legacy)
 
 
 def check_completion(body: dict[str, Any], limits: LimitsConfig) -> RequestShape:
@@ -328,6 +332,8 @@ def check_completion(body: dict[str, Any], limits: LimitsConfig) -> RequestShape
     best_of = body.get("best_of")
     if best_of is not None and best_of < (body.get("n") or 1):
         raise _bad("best_of", "must be at least 'n'.")
+    if best_of is not None and best_of > limits.max_n:  # best_of candidates are generated like n choices
+        raise _bad("best_of", f"{best_of} candidates asked; at most {limits.max_n} are allowed.")
     return _shape(body, limits, body.get("max_tokens"))
 
 
