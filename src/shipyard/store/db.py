@@ -46,7 +46,11 @@ def make_engine(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest migration."""
+    """Bring the schema to the newest migration of every branch.
+
+    Each aggregate (calls, traces, prompts, load-test runs, ...) may add its migrations on a branch of its own
+    that starts from 0001, so features developed side by side never fight over one revision chain.
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -55,7 +59,7 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(_MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
 
 
 class Store:
