@@ -26,11 +26,13 @@ def _calls(server: ShipyardProcess, **params: object) -> list[dict]:
 def test_calls_are_recorded_in_the_store(
     backend: str, tmp_path: Path, fake_upstream: FakeUpstreamProcess, request: pytest.FixtureRequest
 ) -> None:
+    """/api/v1/calls: one flat record per gateway call, read from its span (full traces: tests/test_tracing_*.py)."""
     env = {}
+    url = f"sqlite:///{tmp_path / 'data' / 'shipyard.db'}"
     if backend == "postgresql":
         from tests.helpers import PostgresServer
 
-        env["SHIPYARD_DATABASE_URL"] = PostgresServer.fresh_database(request.getfixturevalue("postgres_url"))
+        url = env["SHIPYARD_DATABASE_URL"] = PostgresServer.fresh_database(request.getfixturevalue("postgres_url"))
     server = ShipyardProcess(tmp_path / "data", config=_config(fake_upstream), env=env)
     server.start()
     try:
@@ -44,28 +46,26 @@ def test_calls_are_recorded_in_the_store(
         wait_until(lambda: len(_calls(server)) >= 6, 10, what="six call records")
         rows = _calls(server)
         assert len(rows) == 6  # the 404 for an unknown deployment is not a call of any deployment
-        streamed = [r for r in rows if r["stream"]]
-        assert len(streamed) == 1 and streamed[0]["ttft_ms"] is not None
-        assert streamed[0]["completion_tokens"] == 8  # usage asked upstream although the client did not ask
         for row in rows:
-            assert row["status"] == 200 and row["deployment"] == "chat" and row["engine"] == "fake"
-            assert row["prompt_tokens"] == 5 and row["latency_ms"] > 0
+            assert row["status"] == 200 and row["deployment"] == "chat" and row["served_by"] == "chat"
+            assert row["latency_ms"] > 0 and row["attempts"] == 1 and row["error_code"] is None
+            assert (row["engine"], row["model"], row["prompt_tokens"]) == ("fake", "fake-model", 5)
+        assert [r["stream"] for r in rows].count(True) == 1
         assert sum(1 for r in rows if r["user"] == "bob") == 5
         one = httpx.get(f"{server.url}/api/v1/calls/{rows[0]['id']}", timeout=5).json()
-        assert one["id"] == rows[0]["id"]
+        assert one["trace"]["id"] == rows[0]["id"] and one["spans"][0]["engine"] == "fake"
         missing = httpx.get(f"{server.url}/api/v1/calls/nope", timeout=5)
-        assert missing.status_code == 404 and missing.json()["error"]["code"] == "call_not_found"
-        page = _calls(server, limit=4)
-        rest = _calls(server, limit=4, before=page[-1]["created_at"])
-        assert {r["id"] for r in page} | {r["id"] for r in rest} == {r["id"] for r in rows}
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "trace_not_found"
+        page = httpx.get(server.url + "/api/v1/calls", params={"limit": 4}, timeout=10).json()
+        rest = _calls(server, limit=4, before=page["next_before"])
+        assert {r["id"] for r in page["data"]} | {r["id"] for r in rest} == {r["id"] for r in rows}
     finally:
         assert server.stop() == 0
-    if backend == "sqlite":
-        from shipyard.store import Store
+    from shipyard.store import Store
 
-        store = Store(f"sqlite:///{tmp_path / 'data' / 'shipyard.db'}")
-        assert store.calls.count("chat") == 6  # everything flushed at shutdown
-        store.close()
+    store = Store(url)
+    assert store.traces.count("chat") == 6  # everything flushed at shutdown
+    store.close()
 
 
 def test_api_validation_errors_are_openai_shaped(tmp_path: Path, fake_upstream: FakeUpstreamProcess) -> None:
