@@ -31,7 +31,9 @@ import yaml
 from bench.common import REPO, RESULTS, free_port, machine, median, percentile, stop, wait_http
 
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-MASTER_KEY = "sk-bench-master-key"
+MASTER_KEY = "sk-bench-master-key"  # LiteLLM's master key
+# Shipyard runs as a default install does, auth on: its admin key comes from the environment.
+SHIPYARD_KEY = "sy-" + "b" * 43
 LITELLM_BIN = REPO / "bench" / ".venv-litellm" / "bin" / "litellm"
 
 
@@ -42,6 +44,7 @@ class Target:
     path: str  # chat completions path
     model: str
     process: subprocess.Popen | None = None
+    key: str = MASTER_KEY
     results: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, key: str, value: float) -> None:
@@ -79,12 +82,12 @@ def wrk(target: Target, connections: int, seconds: float, lua: Path) -> dict[str
     return result
 
 
-def lua_script(directory: Path, model: str) -> Path:
-    path = directory / f"post-{model}.lua"
+def lua_script(directory: Path, model: str, key: str = MASTER_KEY) -> Path:
+    path = directory / f"post-{model}-{key[:2]}.lua"
     body = json.dumps({**BODY, "model": model})
     path.write_text(
         f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n"
-        f"wrk.headers['Authorization'] = 'Bearer {MASTER_KEY}'\n"
+        f"wrk.headers['Authorization'] = 'Bearer {key}'\n"
     )
     return path
 
@@ -130,7 +133,7 @@ async def stream_timings(target: Target, requests: int) -> tuple[list[float], li
     """Time to first content chunk and mean gap between content chunks, per streamed request (ms)."""
     firsts, gaps = [], []
     body = {**BODY, "model": target.model, "stream": True}
-    headers = {"authorization": f"Bearer {MASTER_KEY}"}
+    headers = {"authorization": f"Bearer {target.key}"}
     async with aiohttp.ClientSession() as session:
         for _ in range(requests):
             started = time.perf_counter()
@@ -192,9 +195,10 @@ def start_shipyard(work: Path, fake_port: int) -> Target:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "SHIPYARD_ADMIN_KEY": SHIPYARD_KEY},
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", 60, process)
-    return Target("shipyard", f"http://127.0.0.1:{port}", "/v1/chat/completions", "bench", process)
+    return Target("shipyard", f"http://127.0.0.1:{port}", "/v1/chat/completions", "bench", process, key=SHIPYARD_KEY)
 
 
 def start_litellm(work: Path, fake_port: int, workers: int) -> Target:
@@ -243,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not LITELLM_BIN.exists():
             raise SystemExit(f"{LITELLM_BIN} is missing: see bench/README.md, or pass --skip-litellm")
         targets += [start_litellm(work, fake_port, 1), start_litellm(work, fake_port, 2)]
-    luas = {t.name: lua_script(work, t.model) for t in targets}
+    luas = {t.name: lua_script(work, t.model, t.key) for t in targets}
     try:
         for target in targets:  # warm-up
             wrk(target, 16, 2 if args.quick else 5, luas[target.name])

@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ class ShipyardProcess:
             config_path.write_text(yaml.safe_dump(self.config))
             args += ["--config", str(config_path)]
         args += self.extra_args
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        # Auth is on by default in Shipyard; tests that check it pass env={"SHIPYARD_AUTH": "on"} (issue 6).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "SHIPYARD_AUTH": "off", **self.env}
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
@@ -172,6 +174,22 @@ def start_fake_upstream(*args: str, port: int | None = None) -> FakeUpstreamProc
 
     wait_until(up, 20, 0.05, "the fake upstream")
     return fake
+
+
+@contextlib.contextmanager
+def fake_fleet(
+    data_dir: Path, config: Callable[[FakeUpstreamProcess], dict[str, Any]], env: dict[str, str] | None = None
+) -> Iterator[tuple[ShipyardProcess, FakeUpstreamProcess]]:
+    """A fake upstream (a hosted provider's stand-in) and a ready `shipyard up` whose config `config(fake)` builds."""
+    fake = start_fake_upstream()
+    server = ShipyardProcess(data_dir, config=config(fake), env=env)
+    try:
+        server.start()
+        server.wait_ready(60)
+        yield server, fake
+    finally:
+        server.stop()
+        fake.stop()
 
 
 class PostgresServer:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -44,4 +45,13 @@ def test_readme_curl_examples_run(bundled_server: ShipyardProcess) -> None:
         result = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, command
         assert result.stdout.strip(), command
-        assert '"error"' not in result.stdout, (command, result.stdout)
+        assert not _is_error(result.stdout), (command, result.stdout)
+
+
+def _is_error(output: str) -> bool:
+    """An OpenAI-shaped error answer, or a stream that carries an error event (a field named "error" in a
+    recorded trace is not one)."""
+    text = output.strip()
+    if text.startswith("{"):
+        return set(json.loads(text)) == {"error"}
+    return any(line.startswith('data: {"error"') for line in text.splitlines())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shipyard
 
-PUBLIC = ["Settings", "__version__", "create_app", "load_settings"]
+PUBLIC = ["Settings", "__version__", "create_app", "load_settings", "Client", "observe"]
 
 
 def test_public_api_is_exactly_this() -> None:

@@ -15,7 +15,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shipyard.auth.settings import AuthConfig, RateLimitConfig
 from shipyard.errors import ConfigError
+from shipyard.evals.online import OnlineEvalConfig
+from shipyard.guardrails.pii import Entity as PiiEntity
+from shipyard.guardrails.policy import GuardrailsConfig
 
 __all__ = [
     "BUNDLED_MODEL",
@@ -24,11 +28,14 @@ __all__ = [
     "EngineConfig",
     "LaunchEngineConfig",
     "LimitsConfig",
+    "LoadtestConfig",
     "LocalEngineConfig",
     "OpenAIEngineConfig",
+    "PriceConfig",
     "ServerConfig",
     "Settings",
     "TargetConfig",
+    "TracingConfig",
     "load_settings",
 ]
 
@@ -95,6 +102,11 @@ class OpenAIEngineConfig(_Strict):
         None,
         description="Name of the environment variable that holds the API key (the key itself is never stored).",
     )
+    api_key_secret: str | None = Field(
+        None,
+        description="Name of a stored secret (`shipyard secrets set`, encrypted with `SHIPYARD_SECRETS_KEY`) that "
+        "holds the API key, read when the server starts; use it or `api_key_env`, not both.",
+    )
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers sent with every call.")
     health_path: str | None = Field(
         None,
@@ -109,6 +121,12 @@ class OpenAIEngineConfig(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> OpenAIEngineConfig:
+        if self.api_key_env and self.api_key_secret:
+            raise ValueError("set api_key_env or api_key_secret, not both")
+        return self
 
 
 class LaunchEngineConfig(_Strict):
@@ -162,6 +180,18 @@ class DeploymentConfig(_Strict):
     )
     connect_timeout: float = Field(5.0, gt=0, description="Deadline to open a connection to an engine.")
     max_body_bytes: int | None = Field(None, gt=0, description="Overrides `limits.max_body_bytes` for this deployment.")
+    prompt: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}([@:][A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+        description="A registered prompt rendered into every request (`name@label`, `name:3`); callers send "
+        "`variables`, and the label's moves apply without a restart.",
+    )
+    guardrails: GuardrailsConfig | None = Field(
+        None, description="Scanners run on the requests and answers of this deployment (docs/guardrails.md)."
+    )
+    rate_limits: RateLimitConfig | None = Field(
+        None, description="Requests, tokens and spend allowed for this deployment, all callers together."
+    )
 
 
 class EjectionConfig(_Strict):
@@ -170,6 +200,61 @@ class EjectionConfig(_Strict):
     consecutive_failures: int = Field(3, ge=1, description="Failures in a row that eject a target.")
     base_seconds: float = Field(5.0, gt=0, description="First ejection length; doubles for each repeat.")
     max_seconds: float = Field(120.0, gt=0, description="Longest ejection.")
+
+
+class PriceConfig(_Strict):
+    """What one model costs, in US dollars per million tokens."""
+
+    input: float = Field(ge=0, description="Dollars per million prompt tokens.")
+    output: float = Field(ge=0, description="Dollars per million completion tokens.")
+
+
+class TracingConfig(_Strict):
+    """Every gateway call and SDK/OpenTelemetry span recorded as a trace, written off the request path."""
+
+    enabled: bool = Field(True, description="Record a trace for every gateway call.")
+    flush_interval: float = Field(
+        0.5, gt=0, description="Seconds between writes of the trace queue (a crash loses at most this much)."
+    )
+    batch_size: int = Field(500, ge=1, description="Records written in one transaction; a full batch flushes at once.")
+    max_queue: int = Field(
+        100_000, ge=1, description="Records held in memory; beyond it they go straight to the local journal."
+    )
+    journal_dir: Path | None = Field(
+        None, description="Where records wait while the store is unavailable; default `<data_dir>/journal`."
+    )
+    capture_content: bool = Field(True, description="Record input messages and output text (off: metadata only).")
+    mask_pii: bool = Field(
+        False,
+        description="Store traces with personal data in their input, output, `user` and error replaced by "
+        "`[REDACTED_<KIND>]` (the `pii` guardrail scanner, run on the trace writer's thread; callers still get "
+        "the unmasked answer).",
+    )
+    mask_pii_entities: list[PiiEntity] | None = Field(
+        None, description="The kinds `mask_pii` looks for (email, phone, credit_card, iban, ...); unset means all."
+    )
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict,
+        description="Price per model name (as sent to the engine); calls to a model not listed have no cost.",
+    )
+    retention_days: float | None = Field(
+        None, gt=0, description="Delete traces older than this many days; unset keeps them forever."
+    )
+    project_retention_days: dict[str, float] = Field(
+        default_factory=dict, description="Retention in days for the traces of one project, overriding the global."
+    )
+    retention_interval: float = Field(300.0, gt=0, description="Seconds between runs of the retention job.")
+
+
+class LoadtestConfig(_Strict):
+    """Safety caps of `shipyard loadtest`; a run beyond one stops with an error unless `--override-limits`."""
+
+    max_rate: float = Field(500.0, gt=0, description="Highest open-loop request rate (requests/s) a run may offer.")
+    max_concurrency: int = Field(
+        512, ge=1, description="Most requests in flight: the closed-loop concurrency, and the open-loop in-flight cap."
+    )
+    max_duration: float = Field(3600.0, gt=0, description="Longest run, warm-up included, in seconds.")
+    max_workers: int = Field(16, ge=1, description="Most generator processes (`--workers`).")
 
 
 class Settings(_Strict):
@@ -182,14 +267,25 @@ class Settings(_Strict):
         None,
         description="SQLAlchemy URL; default `sqlite:///<data_dir>/shipyard.db`. Use postgresql+psycopg://...",
     )
+    artifacts_url: str | None = Field(
+        None,
+        description="Where datasets, model weights and reports are kept: a folder or any fsspec URL (`s3://bucket/"
+        "prefix`; credentials from the usual environment); default `<data_dir>/artifacts`.",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)  # type: ignore[arg-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)  # type: ignore[arg-type]
     ejection: EjectionConfig = Field(default_factory=EjectionConfig)  # type: ignore[arg-type]
+    loadtest: LoadtestConfig = Field(default_factory=LoadtestConfig)  # type: ignore[arg-type]
+    tracing: TracingConfig = Field(default_factory=TracingConfig)  # type: ignore[arg-type]
+    auth: AuthConfig = Field(default_factory=AuthConfig)  # type: ignore[arg-type]  # issue 6: keys, limits
     engines: dict[str, EngineConfig] = Field(
         default_factory=dict, description="Engines by name; when none are given, the bundled model is served."
     )
     deployments: dict[str, DeploymentConfig] = Field(
         default_factory=dict, description="Deployments by name; when none are given, `smollm2` is declared."
+    )
+    online_evals: list[OnlineEvalConfig] = Field(
+        default_factory=list, description="Rules scoring a sample of live calls in the background (docs/evaluation.md)."
     )
 
     @field_validator("data_dir")
@@ -210,21 +306,33 @@ class Settings(_Strict):
             for fallback in dep.fallbacks:
                 if fallback == name or fallback not in self.deployments:
                     raise ValueError(f"deployment {name!r} has invalid fallback {fallback!r}")
+        rules = [rule.name for rule in self.online_evals]
+        for rule in self.online_evals:
+            if rule.deployment not in self.deployments:
+                raise ValueError(f"online evaluation {rule.name!r} names unknown deployment {rule.deployment!r}")
+            if rules.count(rule.name) > 1:
+                raise ValueError(f"online evaluation name {rule.name!r} is used twice")
         return self
 
     @property
     def store_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'shipyard.db'}"
 
+    @property
+    def artifacts_root(self) -> str:
+        return self.artifacts_url or str(self.data_dir / "artifacts")
+
 
 # Environment variables, each mapped to the setting it overrides.
 ENV_VARS: dict[str, tuple[str, ...]] = {
     "SHIPYARD_DATA_DIR": ("data_dir",),
     "SHIPYARD_DATABASE_URL": ("database_url",),
+    "SHIPYARD_ARTIFACTS_URL": ("artifacts_url",),
     "SHIPYARD_HOST": ("server", "host"),
     "SHIPYARD_PORT": ("server", "port"),
     "SHIPYARD_LOG_LEVEL": ("server", "log_level"),
     "SHIPYARD_DRAIN_SECONDS": ("server", "drain_seconds"),
+    "SHIPYARD_AUTH": ("auth", "enabled"),
 }
 
 

@@ -10,18 +10,24 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from shipyard.auth.settings import AuthConfig, RateLimitConfig
 from shipyard.config import (
     ENV_VARS,
     DeploymentConfig,
     EjectionConfig,
     LaunchEngineConfig,
     LimitsConfig,
+    LoadtestConfig,
     LocalEngineConfig,
     OpenAIEngineConfig,
+    PriceConfig,
     ServerConfig,
     Settings,
     TargetConfig,
+    TracingConfig,
 )
+from shipyard.evals.online import OnlineEvalConfig
+from shipyard.guardrails.policy import GuardrailsConfig, GuardRule
 
 __all__ = ["configuration_reference"]
 
@@ -30,11 +36,19 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("`server`", ServerConfig),
     ("`limits`", LimitsConfig),
     ("`ejection`", EjectionConfig),
+    ("`loadtest`", LoadtestConfig),
+    ("`tracing`", TracingConfig),
+    ("`tracing.prices.<model>`", PriceConfig),
+    ("`auth`", AuthConfig),  # issue 6: access control
     ("`engines.<name>` with `kind: local`", LocalEngineConfig),
     ("`engines.<name>` with `kind: openai`", OpenAIEngineConfig),
     ("`engines.<name>` with `kind: launch`", LaunchEngineConfig),
     ("`deployments.<name>`", DeploymentConfig),
     ("`deployments.<name>.targets[]`", TargetConfig),
+    ("`deployments.<name>.rate_limits`", RateLimitConfig),  # issue 6
+    ("`deployments.<name>.guardrails`", GuardrailsConfig),
+    ("`deployments.<name>.guardrails.rules[]`", GuardRule),
+    ("`online_evals[]`", OnlineEvalConfig),
 ]
 
 _EXAMPLE = """\

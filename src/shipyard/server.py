@@ -14,18 +14,23 @@ from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
 
-from shipyard.asgi import not_found
+from shipyard.asgi import api_endpoint, not_found
+from shipyard.auth.access import Access, AccessMiddleware
+from shipyard.auth.secrets import SecretBox
 from shipyard.config import Settings
 from shipyard.engines.base import Engine, build_engine
-from shipyard.errors import ShipyardError
+from shipyard.engines.secrets import EngineSecrets, resolve_engine_secrets
+from shipyard.errors import ServiceUnavailable, ShipyardError
 from shipyard.gateway.pipeline import Gateway
-from shipyard.gateway.records import Recorder
 from shipyard.gateway.routes import GatewayRoutes, readiness
 from shipyard.gateway.routing import Router
 from shipyard.gateway.upstream import client_session
+from shipyard.registry.runtime import Registry, start_registry
 from shipyard.store import Store
+from shipyard.tracing.service import Tracing
 
 __all__ = ["AppState", "create_app", "serve"]
 
@@ -42,7 +47,10 @@ class AppState:
     gateway: Gateway
     routes: GatewayRoutes
     store: Store | None = None
-    recorder: Recorder | None = None
+    tracing: Tracing | None = None  # issue 3: trace writer, metrics, retention
+    registry: Registry | None = None  # issue 4: artifacts, models, datasets
+    access: Access | None = None  # issue 6: keys, scopes, limits, audit (shipyard.auth)
+    engine_secrets: EngineSecrets | None = None  # issue 6: engines' `api_key_secret`, re-read when one changes
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -60,6 +68,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     gateway = Gateway(router, settings.limits, recorder=None)
     routes = GatewayRoutes(gateway, settings.limits)
     state = AppState(settings, engines, router, gateway, routes, store=store)
+    state.access = routes.access = Access(settings)
+    if store is not None and any(e.key_secret for e in engines.values()):  # a bad one stops `up` before it listens
+        state.engine_secrets = resolve_engine_secrets(engines, SecretBox(store.auth.secrets))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -69,7 +80,17 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         finally:
             await _stop(state)
 
-    app = Starlette(routes=[*routes.routes(), Mount("/api", create_api(state))], lifespan=lifespan)
+    # /metrics and OTLP's POST /v1/traces answer from `state.tracing`, built in the lifespan; listed before the
+    # gateway's routes because those end with a /v1 catch-all.
+    tracing_routes = [
+        Route("/metrics", api_endpoint(lambda *a: _tracing(state).metrics_endpoint(*a), ("GET",))),
+        Route("/v1/traces", api_endpoint(lambda *a: _tracing(state).otlp_endpoint(*a), ("POST",))),
+    ]
+    app = Starlette(
+        routes=[*tracing_routes, *routes.routes(), Mount("/api", create_api(state))],
+        lifespan=lifespan,
+        middleware=[Middleware(AccessMiddleware, access=state.access)],  # every route's key check (issue 6)
+    )
     app.router.default = not_found  # type: ignore[method-assign]
     app.state.shipyard = state
     return app
@@ -85,18 +106,37 @@ async def _start(state: AppState) -> None:
     await asyncio.to_thread(
         store.deployments.replace_all, {n: _public_config(c) for n, c in settings.deployments.items()}
     )
-    state.recorder = Recorder(store.calls)
-    state.recorder.start()
-    state.gateway.recorder = state.recorder
+    assert state.access is not None
+    await state.access.start(store)  # issue 6: first-start admin key, limit counters
+    if state.engine_secrets is None:
+        state.engine_secrets = await asyncio.to_thread(resolve_engine_secrets, state.engines, state.access.secrets)
+    if state.engine_secrets.users:  # follow secrets replaced by other processes sharing the store
+        state.tasks.append(asyncio.create_task(state.engine_secrets.run(settings.auth.secrets_refresh_seconds)))
+    state.tracing = Tracing(settings, store.traces)
+    state.tracing.start()
+    if settings.tracing.enabled:
+        state.gateway.recorder = state.tracing.recorder
+    await start_registry(state)  # issue 4: prompts and model aliases for the gateway, the bundled model registered
     state.gateway.session = client_session()
     for engine in state.engines.values():
         await engine.start()
     state.tasks.append(asyncio.create_task(_announce_ready(state)))
+    if settings.online_evals:  # issue 5: score a sample of live calls, in the background
+        from shipyard.evals.online import OnlineEvaluator
+
+        evaluator = OnlineEvaluator(list(settings.online_evals), store.online_scores)
+        state.tasks.append(asyncio.create_task(evaluator.run()))
     # Everything built so far lives as long as the server: keep it out of the cyclic GC's way. Full collections
     # over it were the gateway's tail latency (p99 at concurrency 16 went from ~50 ms to ~11 ms; bench/).
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+
+
+def _tracing(state: AppState) -> Tracing:
+    if state.tracing is None:
+        raise ServiceUnavailable("Tracing is starting.", code="not_ready")
+    return state.tracing
 
 
 async def _announce_ready(state: AppState) -> None:
@@ -116,8 +156,10 @@ async def _stop(state: AppState) -> None:
     await asyncio.gather(*(engine.stop() for engine in state.engines.values()), return_exceptions=True)
     if state.gateway.session is not None:
         await state.gateway.session.close()
-    if state.recorder is not None:
-        await asyncio.to_thread(state.recorder.stop)
+    if state.tracing is not None:
+        await state.tracing.stop()
+    if state.access is not None:
+        await state.access.stop()
     if state.store is not None:
         state.store.close()
 

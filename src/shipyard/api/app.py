@@ -9,7 +9,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
-from shipyard.api import calls, engines
+from shipyard.api import audit as audit_api
+from shipyard.api import calls, datasets, engines, experiments, online_evals, prompts, traces
+from shipyard.api import keys as keys_api
+from shipyard.api import models as model_registry
 from shipyard.errors import ApiError, error_body
 
 if TYPE_CHECKING:
@@ -23,6 +26,15 @@ def create_api(state: AppState) -> FastAPI:
     api.state.shipyard = state
     api.include_router(engines.router, prefix="/v1")
     api.include_router(calls.router, prefix="/v1")
+    api.include_router(traces.router, prefix="/v1")  # issue 3: tracing
+    api.include_router(prompts.router, prefix="/v1")  # issue 4: registry
+    api.include_router(datasets.router, prefix="/v1")  # issue 4: registry
+    api.include_router(model_registry.router, prefix="/v1")  # issue 4: registry
+    api.include_router(experiments.router, prefix="/v1")  # issue 5: evaluation
+    api.include_router(online_evals.router, prefix="/v1")  # issue 5: online evaluation
+    api.include_router(keys_api.router, prefix="/v1")  # issue 6: access control
+    api.include_router(keys_api.secrets_router, prefix="/v1")  # issue 6
+    api.include_router(audit_api.router, prefix="/v1")  # issue 6
 
     @api.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:

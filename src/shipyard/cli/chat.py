@@ -10,6 +10,8 @@ import orjson
 import typer
 from rich.console import Console
 
+from shipyard.cli.http import api_headers
+
 console = Console(stderr=True)
 HELP = "Type a message and press Enter. /reset forgets the conversation, /exit (or Ctrl-D) quits."
 
@@ -64,7 +66,7 @@ def chat(
 ) -> None:
     """Chat with a deployment in the terminal; answers stream token by token."""
     endpoint = url.rstrip("/") + "/v1/chat/completions"
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = api_headers(api_key)
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     console.print(f"[dim]Chatting with [bold]{deployment}[/bold] at {url}. {HELP}[/dim]")
     with httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0), headers=headers) as client:

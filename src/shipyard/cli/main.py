@@ -5,7 +5,15 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
+from shipyard.cli import audit as audit_cmd
 from shipyard.cli import chat, config_cmd, up
+from shipyard.cli import datasets as datasets_cmd
+from shipyard.cli import eval as eval_cmd
+from shipyard.cli import keys as keys_cmd
+from shipyard.cli import loadtest as loadtest_cmd
+from shipyard.cli import models as models_cmd
+from shipyard.cli import prompts as prompts_cmd
+from shipyard.cli import traces as traces_cmd
 
 app = typer.Typer(
     name="shipyard",
@@ -17,6 +25,15 @@ app = typer.Typer(
 app.command("up")(up.up)
 app.command("chat")(chat.chat)
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(loadtest_cmd.app, name="loadtest")
+app.add_typer(prompts_cmd.app, name="prompts")
+app.add_typer(datasets_cmd.app, name="datasets")
+app.add_typer(models_cmd.app, name="models")
+app.add_typer(traces_cmd.app, name="traces")
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(keys_cmd.app, name="keys")  # issue 6
+app.add_typer(keys_cmd.secrets_app, name="secrets")  # issue 6
+app.add_typer(audit_cmd.app, name="audit")  # issue 6
 
 
 @app.command("version")

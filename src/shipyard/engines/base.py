@@ -71,6 +71,15 @@ class Engine:
     def auth_headers(self) -> dict[str, str]:
         return {}
 
+    @property
+    def key_secret(self) -> str | None:
+        """Name of the stored secret that holds this engine's API key, if it uses one (`api_key_secret`)."""
+        return None
+
+    def set_api_key(self, key: str) -> None:
+        """Use `key` (decrypted from the secret store) as the bearer token from the next request on."""
+        raise ConfigError(f"engine {self.name!r} ({self.kind}) does not take a stored API key")
+
     def describe(self) -> dict[str, Any]:
         """Public description (never secrets)."""
         return {"name": self.name, "kind": self.kind, "base_url": self.base_url, "healthy": self.healthy}
@@ -111,6 +120,16 @@ class OpenAIEngine(Engine):
 
     def auth_headers(self) -> dict[str, str]:
         return self._headers
+
+    @property
+    def key_secret(self) -> str | None:
+        return self.config.api_key_secret
+
+    def set_api_key(self, key: str) -> None:
+        # A new dict, bound in one step: a request copying the old one (on another thread) never sees it change.
+        self._headers = {**self._headers, "authorization": f"Bearer {key}"}
+        if self._poller is not None:
+            self._poller.headers = self._headers
 
     @property
     def healthy(self) -> bool:

@@ -30,6 +30,7 @@ from shipyard.gateway.records import Recorder
 from shipyard.gateway.relay import SseSplitter
 from shipyard.gateway.routing import DeploymentRuntime, Router, TargetState
 from shipyard.gateway.upstream import AttemptFailed, classify_status, failure_from_exception, malformed_answer
+from shipyard.guardrails.calls import CallGuard, StreamGuard
 from shipyard.wire.openai import RequestShape
 
 __all__ = ["Call", "Gateway"]
@@ -55,30 +56,18 @@ class Call:
     served_by: str | None = None
     first_token: float | None = None
     usage: dict[str, Any] | None = None
-
-    def record(self) -> dict[str, Any]:
-        usage = self.usage or {}
-        error = self.error
-        target = self.target
-        return {
-            "id": self.id,
-            "created_at": self.created_at,
-            "endpoint": self.endpoint,
-            "deployment": self.shape.model,
-            "served_by": self.served_by,
-            "engine": target.engine.name if target else None,
-            "model": target.model if target else None,
-            "stream": self.shape.stream,
-            "status": self.status,
-            "error_code": (error.code or error.type) if error else None,
-            "error_message": error.message[:2000] if error else None,
-            "attempts": self.attempts,
-            "latency_ms": (time.perf_counter() - self.started) * 1000,
-            "ttft_ms": (self.first_token - self.started) * 1000 if self.first_token else None,
-            "prompt_tokens": usage.get("prompt_tokens"),
-            "completion_tokens": usage.get("completion_tokens"),
-            "user": self.body.get("user") if isinstance(self.body.get("user"), str) else None,
-        }
+    guard: CallGuard | None = None  # the deployment's guardrails, when it has any
+    # What tracing records (shipyard.gateway.records turns it into spans on the writer's thread): only
+    # references and perf_counter readings are taken on the request path.
+    ended: float | None = None
+    traceparent: bytes | None = None  # the caller's W3C header, parsed off the hot path
+    prompt_ref: str | None = None  # the prompt version rendered into the request, when a prompt is bound
+    api_key_id: str | None = None
+    answer: bytes | None = None  # the JSON answer of a non-streamed call
+    chunks: list[bytes] | None = None  # the SSE events forwarded to the client, as written
+    chunk_times: list[float] | None = None  # perf_counter when each of `chunks` was written
+    attempt_log: list[tuple[str, str, str, float, float, ApiError | None]] | None = None
+    # (deployment, engine, model, started, ended, error) for each attempt
 
 
 def new_id() -> str:
@@ -91,6 +80,8 @@ class Gateway:
         self.router = router
         self.limits = limits
         self.recorder = recorder
+        self.prompts: Any = None  # shipyard.registry.resolver.PromptResolver, set at start when a store is open
+        self.models: Any = None  # shipyard.registry.runtime.ModelResolver, when a target names `model@alias`
         self.session: aiohttp.ClientSession | None = None
         self._random = random.Random()
 
@@ -107,7 +98,14 @@ class Gateway:
     async def serve(self, call: Call, dep: DeploymentRuntime, send: Send) -> None:
         """Answer the call (JSON or SSE) and record it, whatever happens."""
         sse = SseStream(send) if call.shape.stream else None
+        if sse is not None and self.recorder is not None:
+            call.chunk_times = []
+            if self.recorder.capture_content:
+                call.chunks = []
         try:
+            if dep.policy is not None:  # input guardrails: before any engine sees the request
+                call.guard = CallGuard(dep.policy, call.endpoint)
+                call.body = call.guard.guard_request(call.body)
             body = await self._route(call, dep, sse)
             call.status = call.status or 200
             if body is not None:
@@ -124,7 +122,8 @@ class Gateway:
             raise
         finally:
             if self.recorder is not None:
-                self.recorder.add(call.record())
+                call.ended = time.perf_counter()
+                self.recorder.add(call)
 
     async def _route(self, call: Call, first: DeploymentRuntime, sse: SseStream | None) -> bytes | None:
         """Try the deployment, then its fallbacks, within one deadline; return the JSON answer (None: streamed)."""
@@ -168,6 +167,7 @@ class Gateway:
         """One call to one target; the target's state learns the outcome."""
         call.attempts += 1
         call.target, call.served_by = target, dep.name
+        started = time.perf_counter()
         try:
             if sse is None:
                 body = await self._attempt_json(call, dep, target, deadline)
@@ -182,8 +182,13 @@ class Gateway:
                 target.failed(now, self.router.ejection)
             if failure.committed:
                 call.status, call.error = 200, failure.error
+            _log_attempt(call, dep, target, started, failure.error)
+            raise
+        except asyncio.CancelledError:
+            _log_attempt(call, dep, target, started, None)
             raise
         target.succeeded()
+        _log_attempt(call, dep, target, started, None)
         return body
 
     async def _wait_for_cooling(self, dep: DeploymentRuntime, deadline: float) -> TargetState | AttemptFailed | None:
@@ -215,7 +220,7 @@ class Gateway:
 
     def _payload(self, call: Call, target: TargetState) -> bytes:
         body = dict(call.body)
-        body["model"] = target.model
+        body["model"] = target.model if self.models is None else self.models.model_for(target.model)
         if call.shape.stream:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True  # always recorded; dropped for the client if it did not ask
@@ -256,6 +261,10 @@ class Gateway:
         usage = payload.get("usage")
         if isinstance(usage, dict):
             call.usage = usage
+        if call.guard is not None:
+            call.guard.guard_answer(payload)
+            data = orjson.dumps(payload)
+        call.answer = data
         return data
 
     async def _attempt_stream(
@@ -265,6 +274,7 @@ class Gateway:
         timeout, first_byte = self._timeouts(dep, deadline)
         url = target.engine.base_url + call.path
         splitter = SseSplitter(call.shape.include_usage)
+        guard = call.guard.stream() if call.guard is not None else None
         committed = False
         read_to_end = False
         response: aiohttp.ClientResponse | None = None
@@ -289,13 +299,13 @@ class Gateway:
                         )
                     events = splitter.feed(chunk)
             committed = True
-            await self._forward(call, splitter, events, sse)
-            while True:
+            await self._forward(call, splitter, events, sse, guard)
+            while guard is None or not guard.stopped:
                 chunk = await response.content.readany()
                 if not chunk:
                     read_to_end = True
                     break
-                await self._forward(call, splitter, splitter.feed(chunk), sse)
+                await self._forward(call, splitter, splitter.feed(chunk), sse, guard)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             failure = failure_from_exception(exc, target.engine.name, committed=committed)
             if committed:
@@ -311,6 +321,9 @@ class Gateway:
                     response.close()
         facts = splitter.facts
         call.usage = facts.usage
+        if guard is not None and guard.stopped:  # an output guardrail cut the stream; the engine was stopped
+            await sse.close()
+            return
         if facts.error is not None:
             # The engine reported an error inside the stream; it was forwarded as is.
             await sse.close()
@@ -331,12 +344,29 @@ class Gateway:
             raise failure
         await sse.close()
 
-    async def _forward(self, call: Call, splitter: SseSplitter, events: list[bytes], sse: SseStream) -> None:
+    async def _forward(
+        self, call: Call, splitter: SseSplitter, events: list[bytes], sse: SseStream, guard: StreamGuard | None
+    ) -> None:
+        if guard is not None:
+            events = guard.feed(events)
         if not events:
             return
         if call.first_token is None and splitter.facts.first_content is not None:
             call.first_token = splitter.facts.first_content
-        await sse.write(events[0] if len(events) == 1 else b"".join(events))
+        data = events[0] if len(events) == 1 else b"".join(events)
+        if call.chunk_times is not None:
+            call.chunk_times.append(time.perf_counter())
+            if call.chunks is not None:
+                call.chunks.append(data)
+        await sse.write(data)
+
+
+def _log_attempt(
+    call: Call, dep: DeploymentRuntime, target: TargetState, started: float, error: ApiError | None
+) -> None:
+    if call.attempt_log is None:
+        call.attempt_log = []
+    call.attempt_log.append((dep.name, target.engine.name, target.model, started, time.perf_counter(), error))
 
 
 def _stream_error(message: str) -> ApiError:

@@ -9,9 +9,10 @@ from typing import Any
 import orjson
 from starlette.routing import Route
 
-from shipyard.asgi import Receive, Scope, Send, api_endpoint, read_body, send_bytes, wait_disconnect
+from shipyard.asgi import Receive, Scope, Send, api_endpoint, header, read_body, send_bytes, wait_disconnect
+from shipyard.auth.access import PRINCIPAL
 from shipyard.config import LimitsConfig
-from shipyard.errors import InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shipyard.errors import InvalidRequest, NotFound, PayloadTooLarge, PermissionDenied, ServiceUnavailable
 from shipyard.gateway.pipeline import Call, Gateway
 from shipyard.gateway.routing import Router
 from shipyard.wire.openai import RequestShape, check_chat, check_completion, parse_body
@@ -43,6 +44,7 @@ class GatewayRoutes:
         self.limits = limits
         self.draining = False
         self.inflight = 0
+        self.access: Any = None  # shipyard.auth.access.Access: the caller's deployment scope and limits (issue 6)
 
     def routes(self) -> list[Route]:
         return [
@@ -72,6 +74,7 @@ class GatewayRoutes:
                 )
         raw = await read_body(scope, receive, self.limits.max_body_bytes)
         body = parse_body(raw)
+        body, prompt_ref = await self._render_prompt(scope, body, endpoint)
         shape = check(body, self.limits)
         dep = self.gateway.deployment(shape.model)
         if dep.config.max_body_bytes is not None and len(raw) > dep.config.max_body_bytes:
@@ -80,7 +83,11 @@ class GatewayRoutes:
                 f"{dep.config.max_body_bytes}.",
                 code="body_too_large",
             )
+        principal, ticket = await self.access.admit(scope, dep.name) if self.access is not None else (None, None)
         call = Call(endpoint, path, body, shape)
+        call.api_key_id = principal.id if principal is not None else None
+        call.prompt_ref = prompt_ref
+        call.traceparent = header(scope, b"traceparent")  # W3C trace context: the call joins the caller's trace
         self.inflight += 1
         # Serve in this task; a watcher cancels it if the client goes away (stopping the engine's work too).
         task = asyncio.current_task()
@@ -97,6 +104,32 @@ class GatewayRoutes:
             state.finished = True
             watcher.cancel()
             self.inflight -= 1
+            if ticket is not None:
+                self.access.settle(ticket, call.target.model if call.target is not None else None, call.usage)
+
+    async def _render_prompt(
+        self, scope: Scope, body: dict[str, Any], endpoint: str
+    ) -> tuple[dict[str, Any], str | None]:
+        """A prompt named in the request, or bound to the deployment, rendered into the body (registry/)."""
+        dep = self.gateway.router.get(body["model"]) if isinstance(body.get("model"), str) else None
+        if dep is None or self.gateway.prompts is None:
+            return body, None  # unknown deployment: the checks below answer, and no prompt is looked up
+        bound = dep.config.prompt
+        if bound is None and "prompt" not in body and "variables" not in body:
+            return body, None
+        if endpoint == "completions" and bound is None and "variables" not in body:
+            return body, None  # a plain completion: `prompt` is its text
+        # Checked before any lookup, so a key learns nothing about prompts of deployments it may not call; naming
+        # a prompt in the request reads the registry, so it needs prompts:read (a bound prompt is the operator's).
+        principal = scope.get(PRINCIPAL)
+        if principal is not None:
+            if not principal.allows_deployment(dep.name):
+                raise PermissionDenied(
+                    f"This API key may not call deployment '{dep.name}'.", param="model", code="deployment_not_allowed"
+                )
+            if endpoint == "chat.completions" and "prompt" in body and not principal.has("prompts:read"):
+                raise PermissionDenied("Naming a prompt needs the 'prompts:read' scope.", code="missing_scope")
+        return await self.gateway.prompts.prepare(body, endpoint, bound)
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         data = [_model_entry(name) for name in self.gateway.router.deployments]

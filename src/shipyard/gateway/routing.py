@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from shipyard.config import DeploymentConfig, EjectionConfig
 from shipyard.engines.base import Engine
+from shipyard.guardrails.policy import Policy
 
 __all__ = ["DeploymentRuntime", "Router", "TargetState"]
 
@@ -65,6 +66,7 @@ class DeploymentRuntime:
         self.name = name
         self.config = config
         self.targets = targets
+        self.policy = Policy(config.guardrails) if config.guardrails and config.guardrails.rules else None
         self._random = random.Random()
 
     def pick(self, now: float, tried: set[TargetState]) -> TargetState | None:

@@ -109,7 +109,7 @@ def classify_status(status: int, data: bytes, retry_after: str | None, engine: s
     if status in (401, 403):
         error = UpstreamError(
             f"Engine '{engine}' refused Shipyard's credentials (HTTP {status}); the operator should check the "
-            "engine's api_key_env.",
+            "engine's api_key_env or api_key_secret.",
             code="upstream_auth_failed",
         )
         return AttemptFailed(error, retryable=False, counts=True)

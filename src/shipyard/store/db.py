@@ -9,7 +9,13 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from shipyard.errors import StoreError
+from shipyard.store.auth import AuthRepos
+from shipyard.store.experiments import ExperimentRepo
+from shipyard.store.loadtest import LoadtestRunRepo
+from shipyard.store.online_evals import OnlineScoreRepo
+from shipyard.store.registry import RegistryRepos
 from shipyard.store.repos import CallRepo, DeploymentRepo, EngineRepo
+from shipyard.store.traces import TraceRepo
 
 __all__ = ["Store", "migrate"]
 
@@ -75,6 +81,12 @@ class Store:
         self.engines = EngineRepo(self.engine)
         self.deployments = DeploymentRepo(self.engine)
         self.calls = CallRepo(self.engine)
+        self.loadtest = LoadtestRunRepo(self.engine)  # issue 7: load-test runs (shipyard.store.loadtest)
+        self.traces = TraceRepo(self.engine)  # issue 3: traces and spans (shipyard.store.traces)
+        self.registry = RegistryRepos(self.engine)
+        self.auth = AuthRepos(self.engine)  # issue 6: keys, limit counters, audit log, secrets
+        self.experiments = ExperimentRepo(self.engine)  # issue 5: evaluation runs and their rows
+        self.online_scores = OnlineScoreRepo(self.engine)  # issue 5: online evaluation of live calls
 
     @property
     def dialect(self) -> str:

@@ -11,7 +11,8 @@ Control endpoints:
                          {"status": 500} · {"status": 429, "retry_after": 2} · {"hang": true}
                          {"reset_after_chunks": 2} · {"reset": true} (drop the connection at once)
                          {"delay_ms": 300} · {"ok": true} · {"body": "<html>"} (this raw body, status 200
-                         unless given)
+                         unless given) · {"text": "...", "piece": 4} (answer with this text, streamed
+                         `piece` characters per event; chat or completion shape by the request)
                          streams also take {"chunks": 3} · {"first_delay_ms": 50} · {"chunk_delay_ms": 100}
                          {"end_after_chunks": 2} (end cleanly, without [DONE])
                          {"odd_framing": true} (valid but unusual SSE: CRLF line ends, "data:" without
@@ -124,6 +125,11 @@ class FakeUpstream:
             "last_headers": self.last_headers,
             "script_left": len(self.script),
         }
+
+
+def _usage(characters: int) -> dict[str, int]:
+    completion = max(1, characters // 4)
+    return {"prompt_tokens": 5, "completion_tokens": completion, "total_tokens": 5 + completion}
 
 
 def _event(payload: dict[str, Any]) -> bytes:
@@ -254,12 +260,45 @@ class _Connection(asyncio.Protocol):
             )
             transport.write(_response(status, message, extra))
             return
+        if "text" in behaviour and isinstance(body, dict):
+            await self._text(str(behaviour["text"]), int(behaviour.get("piece", 4)), body, delay)
+            return
         if not (isinstance(body, dict) and body.get("stream")):
             if delay:
                 await asyncio.sleep(delay)
             transport.write(fake.ok_response)
             return
         await self._stream(behaviour, body)
+
+    async def _text(self, text: str, piece: int, body: dict[str, Any], delay: float) -> None:
+        """Answer with this text: whole, or streamed `piece` characters per event (chat or completion shape)."""
+        transport = self.transport
+        assert transport is not None
+        chat = "messages" in body
+        head = {"id": "fake-text", "object": "chat.completion" if chat else "text_completion", "created": 1}
+        head["model"] = self.fake.model
+        if delay:
+            await asyncio.sleep(delay)
+        if not body.get("stream"):
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}} if chat else {"index": 0, "text": text}
+            )
+            answer = {**head, "choices": [{**choice, "finish_reason": "stop"}], "usage": _usage(len(text))}
+            transport.write(_response(200, orjson.dumps(answer)))
+            return
+        if chat:
+            head["object"] = "chat.completion.chunk"
+        transport.write(self.fake.stream_head)
+        for at in range(0, len(text), max(1, piece)):
+            part = text[at : at + piece]
+            choice = {"index": 0, "delta": {"content": part}} if chat else {"index": 0, "text": part}
+            transport.write(_chunk(_event({**head, "choices": [{**choice, "finish_reason": None}]})))
+            await asyncio.sleep(0.002)
+        end = {"index": 0, "delta": {}} if chat else {"index": 0, "text": ""}
+        tail = _event({**head, "choices": [{**end, "finish_reason": "stop"}]})
+        tail += _event({**head, "choices": [], "usage": _usage(len(text))}) + b"data: [DONE]\n\n"
+        transport.write(_chunk(tail) + b"0\r\n\r\n")
+        self.fake.completed_streams += 1
 
     async def _stream(self, behaviour: dict[str, Any], body: dict[str, Any]) -> None:
         fake = self.fake
