@@ -15,22 +15,26 @@ from shipyard.store.db import _redact
 pytestmark = pytest.mark.postgres
 
 
-def _call(created_at: float, deployment: str = "smollm2", **extra: object) -> dict:
+def _call_span(start: float, deployment: str = "smollm2", **extra: object) -> dict:
+    """The span a gateway call is recorded as (the root of its trace)."""
+    trace_id = uuid.uuid4().hex
     row = {
-        "id": uuid.uuid4().hex,
-        "created_at": created_at,
-        "endpoint": "chat.completions",
+        "trace_id": trace_id,
+        "span_id": trace_id[16:],
+        "parent_id": None,
+        "name": "chat.completions",
+        "kind": "llm",
+        "source": "gateway",
+        "start_time": start,
+        "end_time": start + 0.0125,
+        "duration_ms": 12.5,
+        "status": "ok",
+        "status_code": 200,
         "deployment": deployment,
-        "served_by": deployment,
         "engine": "local",
         "model": "smollm2",
         "stream": False,
-        "status": 200,
-        "error_code": None,
-        "error_message": None,
         "attempts": 1,
-        "latency_ms": 12.5,
-        "ttft_ms": None,
         "prompt_tokens": 10,
         "completion_tokens": 3,
         "user": "alice",
@@ -42,7 +46,8 @@ def _call(created_at: float, deployment: str = "smollm2", **extra: object) -> di
 def test_migrations_create_the_schema_and_are_idempotent(store_url: str) -> None:
     store = Store(store_url)
     tables = set(inspect(store.engine).get_table_names())
-    assert {"engines", "deployments", "calls", "alembic_version"} <= tables
+    assert {"engines", "deployments", "traces", "spans", "alembic_version"} <= tables
+    assert "calls" not in tables  # gateway calls are spans now (traces_0002 drops the old table)
     store.close()
     again = Store(store_url)  # opening twice re-runs nothing and loses nothing
     with again.engine.connect() as conn:
@@ -78,33 +83,19 @@ def test_engines_and_deployments_replace_all(store_url: str) -> None:
     store.close()
 
 
-def test_calls_add_list_count_and_page(store_url: str) -> None:
+def test_gateway_calls_list_filter_and_page(store_url: str) -> None:
     store = Store(store_url)
     now = time.time()
-    rows = [_call(now - i, deployment="a" if i % 2 else "b") for i in range(7)]
-    assert store.calls.add_many(rows) == 7
-    assert store.calls.count() == 7
-    assert store.calls.count("a") == 3
-    newest = store.calls.list(limit=3)
-    assert [r["created_at"] for r in newest] == sorted((r["created_at"] for r in rows), reverse=True)[:3]
-    older = store.calls.list(limit=10, before=newest[-1]["created_at"])
+    rows = [_call_span(now - i, deployment="a" if i % 2 else "b") for i in range(7)]
+    sdk = {**_call_span(now), "kind": "function", "source": "sdk"}  # application spans are not gateway calls
+    assert store.traces.write([*rows, sdk]) == 8
+    assert len(store.traces.gateway_calls("a")) == 3
+    newest = store.traces.gateway_calls(limit=3)
+    assert [r["start_time"] for r in newest] == sorted((r["start_time"] for r in rows), reverse=True)[:3]
+    older = store.traces.gateway_calls(limit=10, before=newest[-1]["start_time"])
     assert len(older) == 4
-    assert {r["id"] for r in newest} | {r["id"] for r in older} == {r["id"] for r in rows}
-    one = store.calls.get(rows[0]["id"])
-    assert one is not None and one["user"] == "alice" and one["stream"] is False
-    assert store.calls.get("missing") is None
-    store.close()
-
-
-def test_duplicate_call_id_is_refused(store_url: str) -> None:
-    from sqlalchemy.exc import IntegrityError
-
-    store = Store(store_url)
-    row = _call(time.time())
-    store.calls.add_many([row])
-    with pytest.raises(IntegrityError):
-        store.calls.add_many([row])
-    assert store.calls.count() == 1
+    assert {r["trace_id"] for r in newest} | {r["trace_id"] for r in older} == {r["trace_id"] for r in rows}
+    assert all(r["user"] == "alice" and r["stream"] is False for r in newest)
     store.close()
 
 

@@ -14,7 +14,7 @@ from shipyard.store.experiments import ExperimentRepo
 from shipyard.store.loadtest import LoadtestRunRepo
 from shipyard.store.online_evals import OnlineScoreRepo
 from shipyard.store.registry import RegistryRepos
-from shipyard.store.repos import CallRepo, DeploymentRepo, EngineRepo
+from shipyard.store.repos import DeploymentRepo, EngineRepo
 from shipyard.store.traces import TraceRepo
 
 __all__ = ["Store", "migrate"]
@@ -54,7 +54,7 @@ def make_engine(url: str) -> Engine:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration of every branch.
 
-    Each aggregate (calls, traces, prompts, load-test runs, ...) may add its migrations on a branch of its own
+    Each aggregate (traces, prompts, load-test runs, ...) may add its migrations on a branch of its own
     that starts from 0001, so features developed side by side never fight over one revision chain.
     """
     from alembic import command
@@ -80,7 +80,6 @@ class Store:
             raise StoreError(f"cannot open the store at {_redact(self.url)}: {exc}") from exc
         self.engines = EngineRepo(self.engine)
         self.deployments = DeploymentRepo(self.engine)
-        self.calls = CallRepo(self.engine)
         self.loadtest = LoadtestRunRepo(self.engine)  # issue 7: load-test runs (shipyard.store.loadtest)
         self.traces = TraceRepo(self.engine)  # issue 3: traces and spans (shipyard.store.traces)
         self.registry = RegistryRepos(self.engine)

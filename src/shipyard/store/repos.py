@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, insert, select
 
-from shipyard.store.schema import calls, deployments, engines
+from shipyard.store.schema import deployments, engines
 
-__all__ = ["CallRepo", "DeploymentRepo", "EngineRepo"]
+__all__ = ["DeploymentRepo", "EngineRepo"]
 
 
 class _NamedConfigRepo:
@@ -51,38 +51,3 @@ class EngineRepo(_NamedConfigRepo):
 
 class DeploymentRepo(_NamedConfigRepo):
     table = deployments
-
-
-class CallRepo:
-    """The minimal record of each gateway call (full tracing builds on it)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-
-    def add_many(self, records: Iterable[Mapping[str, Any]]) -> int:
-        rows = [dict(r) for r in records]
-        if rows:
-            with self._engine.begin() as conn:
-                conn.execute(insert(calls), rows)
-        return len(rows)
-
-    def count(self, deployment: str | None = None) -> int:
-        query = select(func.count()).select_from(calls)
-        if deployment is not None:
-            query = query.where(calls.c.deployment == deployment)
-        with self._engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def list(self, limit: int = 50, deployment: str | None = None, before: float | None = None) -> list[dict[str, Any]]:
-        query = select(calls).order_by(calls.c.created_at.desc(), calls.c.id.desc()).limit(limit)
-        if deployment is not None:
-            query = query.where(calls.c.deployment == deployment)
-        if before is not None:
-            query = query.where(calls.c.created_at < before)
-        with self._engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
-
-    def get(self, call_id: str) -> dict[str, Any] | None:
-        with self._engine.connect() as conn:
-            row = conn.execute(select(calls).where(calls.c.id == call_id)).mappings().first()
-        return dict(row) if row else None
