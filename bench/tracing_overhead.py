@@ -1,6 +1,6 @@
 """Gateway throughput with tracing on versus off, measured in one run (issue 3's budget: at most 10% fewer).
 
-    .venv/bin/python -m bench.tracing_overhead            # 5 interleaved rounds of 10 s per side
+    .venv/bin/python -m bench.tracing_overhead            # 12 interleaved rounds of 5 s per side
     .venv/bin/python -m bench.tracing_overhead --quick    # 2 rounds of 4 s
 
 Two Shipyard servers in front of the same fast fake upstream (SQLite store in their own data dirs): one with
@@ -101,6 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": table,
         "rounds_rps": {t.name: t.results["rps"] for t in targets},
         "tracing_on_rps_over_off": round(on / off, 3),
+        # each round's two runs are next to each other in time: their ratio follows the machine's drift best
+        "median_of_round_ratios": round(
+            median([a / b for a, b in zip(targets[0].results["rps"], targets[1].results["rps"], strict=True)]), 3
+        ),
         "fewer_requests_per_second_percent": round((1 - on / off) * 100, 1),
         "traced_sample": traced[:1],
     }
@@ -108,8 +112,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=10)
+    # Many short rounds: the shared machine's speed drifts by ±20% within minutes, and a median over 12
+    # alternating rounds follows the drift on both sides where 5 long ones did not.
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:

@@ -15,6 +15,7 @@ from shipyard.tracing.context import format_traceparent, parse_traceparent
 from shipyard.tracing.journal import Journal
 from shipyard.tracing.service import retention_cutoffs
 from shipyard.tracing.tree import span_tree
+from shipyard.tracing.writer import TraceWriter
 from tests.helpers import ShipyardProcess, wait_until
 
 
@@ -71,6 +72,59 @@ def test_repo_writes_once_filters_pages_exports_and_deletes(store_url: str) -> N
         assert repo.delete_batch(1e12, project="p") == 1 and repo.count_spans() == 0
     finally:
         store.close()
+
+
+def test_sdk_trace_takes_the_deployment_and_user_of_its_gateway_call(store_url: str) -> None:
+    """An application's trace (root from the SDK, no deployment) is listed under the deployment and user of the
+    gateway call made inside it, whether the call's span is stored before or after the root; a root that has its
+    own deployment keeps it, and gateway calls that start their own trace are untouched."""
+    store = Store(store_url)
+    repo = store.traces
+    try:
+
+        def call(trace: str, span: str, deployment: str, user: str | None) -> dict:
+            return _span(trace, span, parent="1", source="gateway", kind="llm", deployment=deployment, user=user)
+
+        repo.write([call("a", "2", "d1", "u1")])  # the call's span first (the SDK sends its root when it ends)
+        repo.write([_span("a", "1")])
+        repo.write([_span("b", "1")])  # the root first, then two calls: the first one's deployment is kept
+        repo.write([call("b", "2", "d2", None), call("b", "3", "d3", "u3")])
+        repo.write([_span("c", "1", deployment="own"), call("c", "2", "d1", None)])
+        repo.write([_span("d", "1", source="gateway", deployment="d4")])
+
+        def ids(**where: object) -> list[str]:
+            return sorted(r["id"][0] for r in repo.list(TraceFilter(**where))[0])
+
+        assert ids(deployment="d1") == ["a"] and ids(user="u1") == ["a"]
+        assert ids(deployment="d2") == ["b"] and ids(deployment="d3") == [] and ids(user="u3") == ["b"]
+        assert ids(deployment="own") == ["c"] and ids(deployment="d4") == ["d"]
+    finally:
+        store.close()
+
+
+def test_writer_writes_whole_batches_and_the_rest_on_its_interval(tmp_path: Path) -> None:
+    """Under load the writer must not shrink its transactions to what arrived during the last write: between
+    intervals it writes whole batches only; what is left waits for the interval (or the stop)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    sizes: list[int] = []
+
+    class Spy:  # the real repository, with the size of each batch it is given noted
+        def write(self, rows: list[dict]) -> int:
+            sizes.append(len(rows))
+            return store.traces.write(rows)
+
+    writer = TraceWriter(Spy(), Journal(tmp_path / "journal"), interval=3600, batch=10)
+    writer.start()
+    try:
+        for index in range(25):
+            writer.add([_span(f"{index:032x}", "1", start_time=float(index))])
+        wait_until(lambda: sizes == [10, 10], 10, 0.01, "two whole batches")
+        time.sleep(0.2)
+        assert sizes == [10, 10] and writer.queue_depth == 5  # the rest waits: the interval is an hour
+    finally:
+        writer.stop()
+    assert sizes == [10, 10, 5] and store.traces.count() == 25 and writer.written == 25
+    store.close()
 
 
 def test_journal_keeps_order_survives_reopen_and_empties(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ class Call:
     traceparent: bytes | None = None  # the caller's W3C header, parsed off the hot path
     prompt_ref: str | None = None  # the prompt version rendered into the request, when a prompt is bound
     api_key_id: str | None = None
-    answer: bytes | None = None  # the JSON answer of a non-streamed call
+    answer: dict[str, Any] | None = None  # the JSON answer of a non-streamed call, as parsed (and guarded)
+    upstream_model: str | None = None  # the model name sent in the last attempt (an alias resolved, a version)
     chunks: list[bytes] | None = None  # the SSE events forwarded to the client, as written
     chunk_times: list[float] | None = None  # perf_counter when each of `chunks` was written
     attempt_log: list[tuple[str, str, str, float, float, ApiError | None]] | None = None
@@ -166,7 +167,7 @@ class Gateway:
     ) -> bytes | None:
         """One call to one target; the target's state learns the outcome."""
         call.attempts += 1
-        call.target, call.served_by = target, dep.name
+        call.target, call.served_by, call.upstream_model = target, dep.name, None
         started = time.perf_counter()
         try:
             if sse is None:
@@ -220,7 +221,9 @@ class Gateway:
 
     def _payload(self, call: Call, target: TargetState) -> bytes:
         body = dict(call.body)
-        body["model"] = target.model if self.models is None else self.models.model_for(target.model)
+        body["model"] = call.upstream_model = (
+            target.model if self.models is None else self.models.model_for(target.model)
+        )
         if call.shape.stream:
             options = dict(body.get("stream_options") or {})
             options["include_usage"] = True  # always recorded; dropped for the client if it did not ask
@@ -264,7 +267,7 @@ class Gateway:
         if call.guard is not None:
             call.guard.guard_answer(payload)
             data = orjson.dumps(payload)
-        call.answer = data
+        call.answer = payload
         return data
 
     async def _attempt_stream(
@@ -366,7 +369,8 @@ def _log_attempt(
 ) -> None:
     if call.attempt_log is None:
         call.attempt_log = []
-    call.attempt_log.append((dep.name, target.engine.name, target.model, started, time.perf_counter(), error))
+    model = call.upstream_model or target.model
+    call.attempt_log.append((dep.name, target.engine.name, model, started, time.perf_counter(), error))
 
 
 def _stream_error(message: str) -> ApiError:

@@ -1,9 +1,10 @@
 """What the gateway records about each call: a trace whose root span holds the whole call.
 
 On the request path the gateway only hands the finished `Call` to the trace writer (`Recorder.add`, O(1)).
-Everything else happens on the writer's thread: parsing the answer or the forwarded stream events for the
-output and finish reason, the cost from the price table, time to first token and inter-token latency from the
-chunks' arrival times, a child span per attempt when there were retries or fallbacks, and the metrics.
+Everything else happens on the writer's thread: the output and finish reason from the answer (already parsed by
+the gateway) or the forwarded stream events, the cost from the price table, time to first token and
+inter-token latency from the chunks' arrival times, a child span per attempt when there were retries or
+fallbacks, and the metrics.
 """
 
 from __future__ import annotations
@@ -38,23 +39,27 @@ class Recorder:
         self.capture_content = config.capture_content
         self._prices = config.prices
         self._metrics = metrics
-        self._label_cache: dict[tuple[str, str | None, str | None], _Labels] = {}  # used by the writer thread
+        self._label_cache: dict[tuple[str, str | None, str | None], _Labels] = {}
         self.writer: TraceWriter | None = None
         # issue 6: traces stored with PII masked, on the writer's thread (shipyard.tracing.masking)
         self._masker = PiiMasker(config.mask_pii_entities) if config.mask_pii else None
 
     def add(self, call: Call) -> None:
-        """Called on the event loop when a call is over: O(1)."""
+        """Called on the event loop when a call is over: O(1). The call becomes spans on the writer's thread:
+        turning it into spans on the event loop instead was measured to cost the gateway more (docs/tracing.md)."""
         if self.writer is not None:
             self.writer.add(call)
 
     def convert(self, item: Any) -> list[dict[str, Any]]:
-        """The writer's converter: a Call becomes span rows (and metrics); span rows pass through."""
-        if isinstance(item, list):
-            return item if self._masker is None else self._masker.rows(item)
-        rows = call_spans(item, self._prices, self.capture_content)
-        self._count(item, rows[0])
+        """The writer's converter: a Call becomes span rows (and metrics); span rows pass through (masked if on)."""
+        rows = item if isinstance(item, list) else self._spans(item)
         return rows if self._masker is None else self._masker.rows(rows)
+
+    def _spans(self, call: Call) -> list[dict[str, Any]]:
+        gaps = chunk_gaps(call)
+        rows = call_spans(call, self._prices, self.capture_content, gaps)
+        self._count(call, rows[0], gaps)
+        return rows
 
     def _labels(self, root: Mapping[str, Any]) -> _Labels:
         key = (root["deployment"], root["engine"], root["model"])
@@ -65,7 +70,7 @@ class Recorder:
             labels = self._label_cache[key] = _Labels(base)
         return labels
 
-    def _count(self, call: Call, root: Mapping[str, Any]) -> None:
+    def _count(self, call: Call, root: Mapping[str, Any], gaps: list[float]) -> None:
         labels = self._labels(root)
         base = labels.base
         metrics = self._metrics
@@ -86,9 +91,8 @@ class Recorder:
             metrics.latency.observe(base, root["duration_ms"] / 1000)
             if root["ttft_ms"] is not None:
                 metrics.ttft.observe(base, root["ttft_ms"] / 1000)
-            if call.chunk_times:
-                for gap in chunk_gaps(call):
-                    metrics.itl.observe(base, gap)
+            for gap in gaps:
+                metrics.itl.observe(base, gap)
 
 
 class _Labels:
@@ -176,21 +180,26 @@ def stream_output(chunks: list[bytes], chat: bool) -> tuple[Any, str | None]:
     return ({"role": "assistant", "content": text} if chat else text), finish
 
 
-def _json_output(answer: bytes | None, chat: bool) -> tuple[Any, str | None]:
-    if answer is None:
+def _json_output(payload: dict[str, Any] | None, chat: bool) -> tuple[Any, str | None]:
+    """The output (the message or text of each choice) and the first finish reason of a parsed JSON answer."""
+    if payload is None:
         return None, None
-    try:
-        payload = orjson.loads(answer)
-    except orjson.JSONDecodeError:
-        return None, None
-    choices = payload.get("choices") or [] if isinstance(payload, dict) else []
+    choices = payload.get("choices")
+    if not isinstance(choices, list):
+        return [], None
+    if len(choices) == 1 and isinstance(choices[0], dict):  # the usual answer, taken without the loops below
+        choice = choices[0]
+        return (choice.get("message") if chat else choice.get("text")), (choice.get("finish_reason") or None)
     outputs = [c.get("message") if chat else c.get("text") for c in choices if isinstance(c, dict)]
     finish = next((c.get("finish_reason") for c in choices if isinstance(c, dict) and c.get("finish_reason")), None)
     return (outputs[0] if len(outputs) == 1 else outputs), finish
 
 
-def call_spans(call: Call, prices: Mapping[str, PriceConfig], capture: bool = True) -> list[dict[str, Any]]:
-    """The span rows of one gateway call: the root span, then one child per attempt after a retry/fallback."""
+def call_spans(
+    call: Call, prices: Mapping[str, PriceConfig], capture: bool = True, gaps: list[float] | None = None
+) -> list[dict[str, Any]]:
+    """The span rows of one gateway call: the root span, then one child per attempt after a retry/fallback.
+    `gaps`: the call's `chunk_gaps`, when the caller has them already."""
     parent = parse_traceparent(call.traceparent)
     trace_id, parent_id = parent if parent else (call.id, None)
     span_id = call.id[16:]
@@ -199,7 +208,8 @@ def call_spans(call: Call, prices: Mapping[str, PriceConfig], capture: bool = Tr
     chat = call.endpoint == "chat.completions"
     usage = call.usage or {}
     target = call.target
-    model = target.model if target else None
+    # The name the engine was sent: a version (`smollm2:2`) when the target follows an alias or a swapping engine.
+    model = call.upstream_model or (target.model if target else None)
     error = call.error
     if capture:
         if call.shape.stream:
@@ -209,7 +219,8 @@ def call_spans(call: Call, prices: Mapping[str, PriceConfig], capture: bool = Tr
         content_in = body.get("messages") if chat else body.get("prompt")
     else:
         output, finish, content_in = None, None, None
-    gaps = chunk_gaps(call)
+    if gaps is None:
+        gaps = chunk_gaps(call)
     user = body.get("user")
     meta = body.get("metadata")
     root = {
@@ -234,7 +245,9 @@ def call_spans(call: Call, prices: Mapping[str, PriceConfig], capture: bool = Tr
         "finish_reason": finish,
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
-        "cost": price_of(prices, model, usage),
+        "cost": price_of(prices, model, usage)
+        if target is None or model in prices
+        else price_of(prices, target.model, usage),
         "ttft_ms": (call.first_token - call.started) * 1000 if call.first_token else None,
         "itl_mean_ms": sum(gaps) / len(gaps) * 1000 if gaps else None,
         "itl_p95_ms": _p95(gaps) * 1000 if gaps else None,

@@ -11,6 +11,8 @@ import base64
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -27,10 +29,12 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     or_,
     select,
+    update,
 )
 
 from shipyard.store.schema import metadata
@@ -132,21 +136,55 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         raise ValueError("not a valid cursor") from exc
 
 
-def _trace_row(span: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "id": span["trace_id"],
-        "created_at": span["start_time"],
-        "name": span["name"],
-        "source": span["source"],
-        "project": span.get("project"),
-        "deployment": span.get("deployment"),
-        "status": span["status"],
-        "user": span.get("user"),
-        "meta": span.get("meta"),
-        "latency_ms": span.get("duration_ms"),
-        "api_key_id": span.get("api_key_id"),
-        "root_span_id": span["span_id"],
-    }
+# A trace row is the summary of its root span: each trace column is read from this span column.
+_TRACE_FROM_SPAN = {
+    "id": "trace_id",
+    "created_at": "start_time",
+    "name": "name",
+    "source": "source",
+    "project": "project",
+    "deployment": "deployment",
+    "status": "status",
+    "user": "user",
+    "meta": "meta",
+    "latency_ms": "duration_ms",
+    "api_key_id": "api_key_id",
+    "root_span_id": "span_id",
+}
+_trace_of_span = itemgetter(*(SPAN_COLUMNS.index(_TRACE_FROM_SPAN[c]) for c in TRACE_COLUMNS))
+_PARENT = SPAN_COLUMNS.index("parent_id")
+_TRACE, _DEPLOYMENT, _USER = (SPAN_COLUMNS.index(c) for c in ("trace_id", "deployment", "user"))
+_ROOT_ID, _ROOT_SOURCE, _ROOT_DEPLOYMENT, _ROOT_USER = (
+    TRACE_COLUMNS.index(c) for c in ("id", "source", "deployment", "user")
+)
+_ADOPT_FROM_CHILD = (
+    update(traces)
+    .where(traces.c.id == bindparam("trace"))
+    .values(
+        deployment=func.coalesce(traces.c.deployment, bindparam("from_deployment")),
+        user=func.coalesce(traces.c.user, bindparam("from_user")),
+    )
+)
+
+
+def _first_of_trace(column: Any) -> Any:
+    return (
+        select(column)
+        .where(spans.c.trace_id == traces.c.id, column.is_not(None))
+        .order_by(spans.c.start_time)
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+_ADOPT_FROM_SPANS = (
+    update(traces)
+    .where(traces.c.id == bindparam("trace"))
+    .values(
+        deployment=func.coalesce(traces.c.deployment, _first_of_trace(spans.c.deployment)),
+        user=func.coalesce(traces.c.user, _first_of_trace(spans.c.user)),
+    )
+)
 
 
 class TraceRepo:
@@ -154,24 +192,70 @@ class TraceRepo:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        postgres = engine.dialect.name == "postgresql"
-        self._span_sql = _insert_sql(spans, postgres)
-        self._trace_sql = _insert_sql(traces, postgres)
+        self._postgres = engine.dialect.name == "postgresql"
+        self._span_sql = _insert_sql(spans, self._postgres)
+        self._trace_sql = _insert_sql(traces, self._postgres)
+        self._sqlite_sql: dict[tuple[str, int, tuple[int, ...]], str] = {}  # statements made by _sqlite_insert
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Store spans (and the trace rows of root spans) in one transaction; returns how many were given.
 
-        The hot write path of tracing: one prepared statement run with executemany on the driver, JSON
-        columns serialised by orjson (through SQLAlchemy's compiler and type processors it cost ~5× more)."""
+        The hot write path of tracing, on the driver: JSON columns serialised by orjson (through SQLAlchemy's
+        compiler and type processors it cost ~5× more). PostgreSQL gets one prepared statement run with
+        executemany (psycopg pipelines it). SQLite gets multi-row INSERTs that leave out the columns every row of
+        the chunk has empty: Python's sqlite3 binds a None through its adapter lookup (~0.4 µs a parameter) and
+        releases and retakes the GIL once per statement, so 100 rows per statement cost the writer thread about
+        half the CPU of executemany while the event loop is busy (bench/results/tracing_overhead.json)."""
         if not rows:
             return 0
-        span_rows = [_values(SPAN_COLUMNS, r) for r in rows]
-        roots = [_values(TRACE_COLUMNS, _trace_row(r)) for r in rows if r.get("parent_id") is None]
+        span_rows = [_values(r, not self._postgres) for r in rows]
+        roots = [_trace_of_span(r) for r in span_rows if r[_PARENT] is None]
         with self._engine.begin() as conn:
-            conn.exec_driver_sql(self._span_sql, span_rows)
-            if roots:
-                conn.exec_driver_sql(self._trace_sql, roots)
+            if self._postgres:
+                conn.exec_driver_sql(self._span_sql, span_rows)
+                if roots:
+                    conn.exec_driver_sql(self._trace_sql, roots)
+            else:
+                self._sqlite_insert(conn, spans.name, SPAN_COLUMNS, span_rows)
+                self._sqlite_insert(conn, traces.name, TRACE_COLUMNS, roots)
+            self._adopt(conn, span_rows, roots)
         return len(span_rows)
+
+    def _adopt(self, conn: Any, span_rows: list[tuple[Any, ...]], roots: list[tuple[Any, ...]]) -> None:
+        """A trace whose root has no deployment or user (an SDK or OTLP trace) takes those of the first of its
+        spans that has them (a gateway call made inside it), whichever of the two arrives first, so the trace
+        list's `deployment` and `user` filters find it. Gateway calls that start their own trace never get here."""
+        joined = [
+            {"trace": r[_TRACE], "from_deployment": r[_DEPLOYMENT], "from_user": r[_USER]}
+            for r in span_rows
+            if r[_PARENT] is not None and (r[_DEPLOYMENT] is not None or r[_USER] is not None)
+        ]
+        bare = [
+            {"trace": r[_ROOT_ID]}
+            for r in roots
+            if r[_ROOT_SOURCE] != "gateway" and (r[_ROOT_DEPLOYMENT] is None or r[_ROOT_USER] is None)
+        ]
+        if joined:
+            conn.execute(_ADOPT_FROM_CHILD, joined)
+        if bare:
+            conn.execute(_ADOPT_FROM_SPANS, bare)
+
+    def _sqlite_insert(self, conn: Any, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> None:
+        for start in range(0, len(rows), _SQLITE_ROWS):
+            chunk = rows[start : start + _SQLITE_ROWS]
+            size = len(chunk)
+            used = tuple(i for i, column in enumerate(zip(*chunk, strict=True)) if column.count(None) != size)
+            key = (table, len(chunk), used)
+            sql = self._sqlite_sql.get(key)
+            if sql is None:
+                names = ", ".join(f'"{columns[i]}"' for i in used)
+                one = "(" + ", ".join("?" for _ in used) + ")"
+                sql = f'INSERT OR IGNORE INTO "{table}" ({names}) VALUES ' + ", ".join([one] * len(chunk))
+                if len(self._sqlite_sql) < 512:
+                    self._sqlite_sql[key] = sql
+            pick = itemgetter(*used)
+            values = list(chain.from_iterable(map(pick, chunk)) if len(used) > 1 else map(pick, chunk))
+            conn.exec_driver_sql(sql, tuple(values))  # through SQLAlchemy: a locked file is an OperationalError
 
     def count(self, deployment: str | None = None) -> int:
         query = select(func.count()).select_from(traces)
@@ -275,10 +359,9 @@ class TraceRepo:
 
 
 _JSON_COLUMNS = frozenset({"meta", "attributes"})
-_JSON_INDEXES = {
-    columns: tuple(i for i, name in enumerate(columns) if name in _JSON_COLUMNS)
-    for columns in (SPAN_COLUMNS, TRACE_COLUMNS)
-}
+_JSON_INDEXES = tuple(i for i, name in enumerate(SPAN_COLUMNS) if name in _JSON_COLUMNS)
+_STREAM = SPAN_COLUMNS.index("stream")
+_SQLITE_ROWS = 100  # rows per INSERT statement: 100 × 33 columns stays far below SQLite's 32,766 parameters
 
 
 def _insert_sql(table: Table, postgres: bool) -> str:
@@ -292,12 +375,14 @@ def _insert_sql(table: Table, postgres: bool) -> str:
     return f'INSERT OR IGNORE INTO "{table.name}" ({quoted}) VALUES ({marks})'
 
 
-def _values(columns: tuple[str, ...], row: Mapping[str, Any]) -> tuple[Any, ...]:
-    get = row.get
-    values = [get(c) for c in columns]
-    for index in _JSON_INDEXES[columns]:
+def _values(row: Mapping[str, Any], sqlite: bool) -> tuple[Any, ...]:
+    """A span row as the driver's parameters, in SPAN_COLUMNS order."""
+    values = list(map(row.get, SPAN_COLUMNS))
+    for index in _JSON_INDEXES:
         if values[index] is not None:
             values[index] = orjson.dumps(values[index], default=str).decode()
+    if sqlite and values[_STREAM] is not None:
+        values[_STREAM] = int(values[_STREAM])  # a bool would take sqlite3's slow adapter path
     return tuple(values)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -82,10 +83,20 @@ class TraceWriter:
         return self._journal.pending_bytes
 
     def _loop(self) -> None:
+        """Write full batches as soon as they fill; the rest when `interval` has passed since the last full flush.
+
+        Writing whatever is queued whenever the last write ends would, under load, shrink batches to the few
+        items that arrive during one write, and a transaction per few items cost the writer more than twice the
+        CPU per record (measured: 32 items a batch at 2,200 requests/s)."""
+        due = time.monotonic() + self._interval
         while not self._stop.is_set():
-            self._wake.wait(self._interval)
+            self._wake.wait(max(0.0, due - time.monotonic()))
             self._wake.clear()
-            self.flush()
+            if time.monotonic() >= due:
+                self.flush()
+                due = time.monotonic() + self._interval
+            else:
+                self.flush(full_batches_only=True)
 
     def _rows(self, items: list[Any]) -> list[Record]:
         records = []
@@ -118,30 +129,38 @@ class TraceWriter:
             if records:
                 try:
                     self._store.write([row for record in records for row in record])
-                except SQLAlchemyError as exc:
+                except Exception as exc:  # the store down, or a bug: the records stay in the journal
                     self._note_down(exc)
                     return False
                 self.replayed += len(records)
             self._journal.commit(offset)
         return True
 
-    def _note_down(self, exc: SQLAlchemyError) -> None:
+    def _note_down(self, exc: Exception) -> None:
         if self.store_up:
-            log.warning("the store refused trace records; journaling them until it is back: %s", exc)
+            log.warning(
+                "the store refused trace records; journaling them until it is back: %s",
+                exc,
+                exc_info=not isinstance(exc, SQLAlchemyError),  # anything else is a bug: show where
+            )
         self.store_up = False
 
-    def flush(self) -> bool:
-        """One cycle: replay the journal, then write the queue; True when everything reached the store."""
+    def flush(self, full_batches_only: bool = False) -> bool:
+        """One cycle: replay the journal, then write what is queued now (only its whole batches if
+        `full_batches_only`; records that arrive meanwhile wait for a whole batch or the next cycle); True when
+        everything taken reached the store."""
         with self._cycle_lock:
             if self._journal.pending_bytes > 0 and not self._replay():
                 self._spill()
                 return False
-            while self._queue:
+            owed = 0 if full_batches_only else len(self._queue)
+            while owed > 0 or len(self._queue) >= self._batch:
                 items = self._take()
+                owed -= len(items)
                 records = self._rows(items)
                 try:
                     self._store.write([row for record in records for row in record])
-                except SQLAlchemyError as exc:
+                except Exception as exc:  # the store down, or a bug: journaled, never lost
                     self._note_down(exc)
                     self._journal.append(records)
                     self.journaled += len(records)
