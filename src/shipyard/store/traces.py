@@ -205,7 +205,7 @@ class TraceRepo:
         executemany (psycopg pipelines it). SQLite gets multi-row INSERTs that leave out the columns every row of
         the chunk has empty: Python's sqlite3 binds a None through its adapter lookup (~0.4 µs a parameter) and
         releases and retakes the GIL once per statement, so 100 rows per statement cost the writer thread about
-        half the CPU of executemany while the event loop is busy (bench/results/tracing_overhead.json)."""
+        half the CPU of executemany (docs/tracing.md#performance)."""
         if not rows:
             return 0
         span_rows = [_values(r, not self._postgres) for r in rows]
