@@ -29,6 +29,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def default_sigint() -> None:
+    """`Popen(preexec_fn=...)` for a child a test stops with Ctrl-C: the default SIGINT, even when the test run
+    itself was started as a background job (a non-interactive shell's background job ignores SIGINT, children
+    inherit that, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_until(predicate: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

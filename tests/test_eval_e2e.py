@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from shipyard.sdk.client import Client
-from tests.helpers import FakeUpstreamProcess, ShipyardProcess, fake_fleet, wait_until
+from tests.helpers import FakeUpstreamProcess, ShipyardProcess, default_sigint, fake_fleet, wait_until
 
 GOOD = "hello from the fake"
 
@@ -119,7 +119,8 @@ def test_an_interrupted_run_resumes_without_redoing_rows(evalbed, tmp_path) -> N
     env = {**os.environ, "SHIPYARD_URL": server.url}
     suite = _suite(tmp_path, concurrency=2)
     process = subprocess.Popen([sys.executable, "-m", "shipyard.cli.main", "eval", "run", str(suite)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=default_sigint)  # fmt: skip
     wait_until(lambda: fake.stats()["requests"] >= 8, 60, what="8 rows sent")
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)

@@ -18,7 +18,7 @@ from shipyard.loadtest.runner import RunPlan
 from shipyard.loadtest.shapes import LoadShape, arrival_times
 from shipyard.loadtest.slo import parse_slo, request_thresholds
 from shipyard.loadtest.sources import SourceSpec
-from tests.helpers import FakeUpstreamProcess, start_fake_upstream, wait_until
+from tests.helpers import FakeUpstreamProcess, default_sigint, start_fake_upstream, wait_until
 
 CHUNKS = 8  # the fake's content chunks per streamed answer
 
@@ -237,6 +237,7 @@ def test_cli_ctrl_c_stops_the_load_and_keeps_what_was_measured(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     try:
         wait_until(lambda: fake_upstream.stats()["requests"] >= 5, 60, what="the first requests")
