@@ -187,9 +187,6 @@ def _json_output(payload: dict[str, Any] | None, chat: bool) -> tuple[Any, str |
     choices = payload.get("choices")
     if not isinstance(choices, list):
         return [], None
-    if len(choices) == 1 and isinstance(choices[0], dict):  # the usual answer, taken without the loops below
-        choice = choices[0]
-        return (choice.get("message") if chat else choice.get("text")), (choice.get("finish_reason") or None)
     outputs = [c.get("message") if chat else c.get("text") for c in choices if isinstance(c, dict)]
     finish = next((c.get("finish_reason") for c in choices if isinstance(c, dict) and c.get("finish_reason")), None)
     return (outputs[0] if len(outputs) == 1 else outputs), finish
@@ -210,6 +207,7 @@ def call_spans(
     target = call.target
     # The name the engine was sent: a version (`smollm2:2`) when the target follows an alias or a swapping engine.
     model = call.upstream_model or (target.model if target else None)
+    priced = model if target is None or model in prices else target.model  # or a price set under the target's name
     error = call.error
     if capture:
         if call.shape.stream:
@@ -245,9 +243,7 @@ def call_spans(
         "finish_reason": finish,
         "prompt_tokens": usage.get("prompt_tokens"),
         "completion_tokens": usage.get("completion_tokens"),
-        "cost": price_of(prices, model, usage)
-        if target is None or model in prices
-        else price_of(prices, target.model, usage),
+        "cost": price_of(prices, priced, usage),
         "ttft_ms": (call.first_token - call.started) * 1000 if call.first_token else None,
         "itl_mean_ms": sum(gaps) / len(gaps) * 1000 if gaps else None,
         "itl_p95_ms": _p95(gaps) * 1000 if gaps else None,

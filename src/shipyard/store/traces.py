@@ -193,8 +193,8 @@ class TraceRepo:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
-        self._span_sql = _insert_sql(spans, self._postgres)
-        self._trace_sql = _insert_sql(traces, self._postgres)
+        self._span_sql = _postgres_insert_sql(spans)
+        self._trace_sql = _postgres_insert_sql(traces)
         self._sqlite_sql: dict[tuple[str, int, tuple[int, ...]], str] = {}  # statements made by _sqlite_insert
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -364,15 +364,13 @@ _STREAM = SPAN_COLUMNS.index("stream")
 _SQLITE_ROWS = 100  # rows per INSERT statement: 100 × 33 columns stays far below SQLite's 32,766 parameters
 
 
-def _insert_sql(table: Table, postgres: bool) -> str:
-    """INSERT that skips rows already stored (a replayed journal), with driver placeholders."""
+def _postgres_insert_sql(table: Table) -> str:
+    """PostgreSQL INSERT that skips rows already stored (a replayed journal), with psycopg placeholders.
+    (SQLite's statements are made per chunk by `TraceRepo._sqlite_insert`.)"""
     names = [c.name for c in table.columns]
     quoted = ", ".join(f'"{n}"' for n in names)
-    if postgres:
-        marks = ", ".join("%s::json" if n in _JSON_COLUMNS else "%s" for n in names)
-        return f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks}) ON CONFLICT DO NOTHING'
-    marks = ", ".join("?" for _ in names)
-    return f'INSERT OR IGNORE INTO "{table.name}" ({quoted}) VALUES ({marks})'
+    marks = ", ".join("%s::json" if n in _JSON_COLUMNS else "%s" for n in names)
+    return f'INSERT INTO "{table.name}" ({quoted}) VALUES ({marks}) ON CONFLICT DO NOTHING'
 
 
 def _values(row: Mapping[str, Any], sqlite: bool) -> tuple[Any, ...]:

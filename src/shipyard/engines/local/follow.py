@@ -219,7 +219,7 @@ class SwapController:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "serving": self.current.endpoint.served_name if self.current else None,
+            "serving": self.current_name,
             "pending": self.pending,
             "last_error": self.last_error,
             "swaps": self.swaps,
@@ -288,7 +288,7 @@ class SwapController:
         self.failed = served
         self.last_error = message
         log.error("engine %s: cannot swap to %s: %s; still serving %s", self.name, served, message,
-                  self.current.endpoint.served_name if self.current else None)  # fmt: skip
+                  self.current_name)  # fmt: skip
 
     async def _swap(self, target: Servable) -> bool:
         self.pending = target.served_name
