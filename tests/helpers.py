@@ -56,8 +56,10 @@ class ShipyardProcess:
         extra_args: list[str] | None = None,
         port: int | None = None,
         flags: bool = True,
+        session: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.session = session  # True: a process group of its own (a terminal's Ctrl-C reaches the whole group)
         self.port = port or free_port()
         self.config = config
         self.env = env or {}
@@ -83,7 +85,9 @@ class ShipyardProcess:
         # Auth is on by default in Shipyard; tests that check it pass env={"SHIPYARD_AUTH": "on"} (issue 6).
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "SHIPYARD_AUTH": "off", **self.env}
         self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=self.session
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

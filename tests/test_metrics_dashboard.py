@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _exposed(tmp_path: Path) -> set[str]:
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     try:
-        tracing = Tracing(Settings(data_dir=tmp_path), store.traces)
+        tracing = Tracing(Settings(data_dir=tmp_path), store)
         text = tracing.metrics.render().decode()
     finally:
         store.close()

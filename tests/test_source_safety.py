@@ -37,6 +37,10 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("evals/base.py", "importlib.import_module"): "a custom scorer named by module path in the operator's own suite "
     "file, run from the CLI; build_scorer refuses module paths unless the caller passes allow_module_path=True, "
     "which no network-facing code does (tests/test_eval_scorers.py checks the refusal)",
+    ("tracing/writer_process.py", "pickle.loads"): "the trace writer's child process unpickles only its own stdin: "
+    "an anonymous pipe that its parent, the server, created and alone writes to, with tuples and lists of "
+    "built-in values the server pickled itself (request data is a value inside them, never a pickle stream); "
+    "nothing from the network or the store is unpickled",
 }
 
 

@@ -4,6 +4,7 @@ for a hosted model."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import sqlite3
@@ -253,3 +254,97 @@ def test_a_locked_sqlite_file_journals_then_replays(tmp_path: Path, fake_upstrea
     finally:
         assert server.stop() == 0
     assert _stored(url) == 30
+
+
+# --- the writer's own process (shipyard.tracing.writer_process) -------------------------------------------------
+
+
+def _writer_pid(server: ShipyardProcess) -> int | None:
+    assert server.process is not None
+    pid = server.process.pid
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"shipyard.tracing.writer_process" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return int(child)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_kill_9_of_the_server_keeps_what_reached_the_writer(tmp_path: Path, fake_upstream: FakeUpstreamProcess) -> None:
+    """The writer's process outlives a killed server long enough to write what it holds: with an interval of an
+    hour nothing was flushed before the kill, and everything is stored after it."""
+    data = tmp_path / "data"
+    server = ShipyardProcess(data, config=_config(fake_upstream, flush_interval=3600, batch_size=10_000))
+    server.start()
+    server.wait_ready(60)
+    writer = _writer_pid(server)
+    assert writer is not None
+    with httpx.Client(timeout=10) as client:
+        for _ in range(25):
+            assert client.post(server.url + "/v1/chat/completions", json=BODY).status_code == 200
+    assert _metric(server, "shipyard_trace_records_written_total") == 0
+    time.sleep(0.2)  # the server sends what it has every 10 ms
+    server.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
+    server.process.wait()  # type: ignore[union-attr]
+    wait_until(lambda: _gone(writer), 30, what="the writer's process to finish")
+    assert _stored(f"sqlite:///{data / 'shipyard.db'}") == 25
+    assert not (data / "journal" / "traces.jsonl").stat().st_size
+    server.stop()
+
+
+def test_ctrl_c_to_the_whole_group_writes_everything(tmp_path: Path, fake_upstream: FakeUpstreamProcess) -> None:
+    """A terminal's Ctrl-C reaches the server and the writer's process at once: the writer ignores it and
+    finishes when the server closes its pipe."""
+    data = tmp_path / "data"
+    config = _config(fake_upstream, flush_interval=3600, batch_size=10_000)
+    server = ShipyardProcess(data, config=config, session=True)
+    server.start()
+    server.wait_ready(60)
+    writer = _writer_pid(server)
+    assert writer is not None
+    with httpx.Client(timeout=10) as client:
+        for _ in range(25):
+            assert client.post(server.url + "/v1/chat/completions", json=BODY).status_code == 200
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGINT)
+    assert server.process.wait(30) == 0
+    assert _gone(writer)
+    server.stop()
+    assert _stored(f"sqlite:///{data / 'shipyard.db'}") == 25
+    assert "Traceback" not in server.log()
+
+
+def test_a_killed_writer_process_is_replaced_and_its_loss_counted(
+    tmp_path: Path, fake_upstream: FakeUpstreamProcess
+) -> None:
+    """kill -9 of the writer's process under load: the gateway keeps answering, a new writer takes over, and every
+    answered call is either stored or counted as dropped (exactly)."""
+    data = tmp_path / "data"
+    server = ShipyardProcess(data, config=_config(fake_upstream))
+    server.start()
+    server.wait_ready(60)
+    try:
+        first = _writer_pid(server)
+        assert first is not None
+        with Load(server.url, threads=4) as load:
+            wait_until(lambda: load.answered >= 100, 30, what="some calls")
+            os.kill(first, signal.SIGKILL)
+            wait_until(lambda: _writer_pid(server) not in (first, None), 30, what="a new writer process")
+            answered_then = load.answered
+            written_then = _metric(server, "shipyard_trace_records_written_total")
+            wait_until(lambda: load.answered >= answered_then + 100, 30, what="calls to the new writer")
+        assert load.failed == 0
+        wait_until(lambda: _metric(server, "shipyard_trace_queue_depth") == 0, 30, what="the writer to catch up")
+        dropped = _metric(server, "shipyard_trace_records_dropped_total")
+        written = _metric(server, "shipyard_trace_records_written_total")
+        assert written + dropped == load.answered
+        assert written >= written_then + 100  # everything answered since the new writer started
+    finally:
+        assert server.stop() == 0
+    assert _stored(f"sqlite:///{data / 'shipyard.db'}") == written
+    assert "trace writer's process" in server.log()

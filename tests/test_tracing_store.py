@@ -3,6 +3,7 @@ items 2, 5 and 7)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from shipyard.tracing.journal import Journal
 from shipyard.tracing.service import retention_cutoffs
 from shipyard.tracing.tree import span_tree
 from shipyard.tracing.writer import TraceWriter
+from shipyard.tracing.writer_process import _lock_journal
 from tests.helpers import ShipyardProcess, wait_until
 
 
@@ -215,3 +217,22 @@ def test_retention_job_deletes_old_traces_in_the_background(tmp_path: Path) -> N
         wait_until(deleted, 20, what="the retention counter")
     finally:
         assert server.stop() == 0
+
+
+def test_a_second_writer_process_waits_for_the_journal(tmp_path: Path) -> None:
+    """Two writer processes never share a journal: a new server's writer waits until the old one has finished."""
+    first = _lock_journal(tmp_path)
+    got = threading.Event()
+
+    def second() -> None:
+        lock = _lock_journal(tmp_path)
+        got.set()
+        lock.close()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.3)
+    assert not got.is_set()
+    first.close()
+    thread.join(5)
+    assert got.is_set()

@@ -112,8 +112,8 @@ async def _start(state: AppState) -> None:
         state.engine_secrets = await asyncio.to_thread(resolve_engine_secrets, state.engines, state.access.secrets)
     if state.engine_secrets.users:  # follow secrets replaced by other processes sharing the store
         state.tasks.append(asyncio.create_task(state.engine_secrets.run(settings.auth.secrets_refresh_seconds)))
-    state.tracing = Tracing(settings, store.traces)
-    state.tracing.start()
+    state.tracing = Tracing(settings, store)
+    await state.tracing.start()
     if settings.tracing.enabled:
         state.gateway.recorder = state.tracing.recorder
     await start_registry(state)  # issue 4: prompts and model aliases for the gateway, the bundled model registered

@@ -1,17 +1,18 @@
 """What the gateway records about each call: a trace whose root span holds the whole call.
 
-On the request path the gateway only hands the finished `Call` to the trace writer (`Recorder.add`, O(1)).
-Everything else happens on the writer's thread: the output and finish reason from the answer (already parsed by
-the gateway) or the forwarded stream events, the cost from the price table, time to first token and
-inter-token latency from the chunks' arrival times, a child span per attempt when there were retries or
-fallbacks, and the metrics.
+On the request path the gateway only copies the finished `Call`'s plain values into a `CallRecord` tuple
+(`Recorder.add`, ~2 µs) and hands it to the trace writer's process (`shipyard.tracing.writer_process`).
+Everything else happens there, off the gateway's GIL (`SpanMaker`): the output and finish reason from the answer
+(already parsed by the gateway) or the forwarded stream events, the cost from the price table, time to first
+token and inter-token latency from the chunks' arrival times, a child span per attempt when there were retries
+or fallbacks, and the metrics.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -19,43 +20,122 @@ from shipyard.config import PriceConfig, TracingConfig
 from shipyard.tracing.context import new_span_id, parse_traceparent
 from shipyard.tracing.ingest import price_of
 from shipyard.tracing.masking import PiiMasker
-from shipyard.tracing.metrics import GatewayMetrics
+from shipyard.tracing.metrics import CallMetrics
 
 if TYPE_CHECKING:
+    from shipyard.errors import ApiError
     from shipyard.gateway.pipeline import Call
-    from shipyard.tracing.writer import TraceWriter
 
-__all__ = ["Recorder", "call_spans", "chunk_gaps", "stream_output"]
+__all__ = ["CallRecord", "Recorder", "SpanMaker", "call_record", "call_spans", "chunk_gaps", "stream_output"]
 
 log = logging.getLogger("shipyard.tracing")
 
 _CONTENT_KEYS = ("messages", "prompt", "model", "user", "metadata", "stream_options")
 
+ErrorTuple = tuple[int, str, "str | None", str]  # (status, type, code, message) of an ApiError
+
+
+class CallRecord(NamedTuple):
+    """The plain values of a finished call that tracing needs: what crosses to the writer's process (pickled)."""
+
+    endpoint: str
+    body: dict[str, Any]
+    deployment: str
+    stream: bool
+    started: float
+    ended: float | None
+    created_at: float
+    id: str
+    attempts: int
+    status: int
+    error: ErrorTuple | None
+    engine: str | None  # the target's engine, None when no target was chosen
+    target_model: str | None
+    served_by: str | None
+    first_token: float | None
+    usage: dict[str, Any] | None
+    guard_findings: list[dict[str, Any]] | None
+    traceparent: bytes | None
+    prompt_ref: str | None
+    api_key_id: str | None
+    answer: dict[str, Any] | None
+    upstream_model: str | None
+    chunks: list[bytes] | None
+    chunk_times: list[float] | None
+    attempt_log: list[tuple[str, str, str, float, float, ErrorTuple | None]] | None  # only with retries
+
+
+def _error(error: ApiError | None) -> ErrorTuple | None:
+    return None if error is None else (error.status, error.type, error.code, error.message)
+
+
+def call_record(call: Call) -> tuple[Any, ...]:
+    """A `CallRecord`'s values, as a plain tuple (it pickles faster than the named one): on the event loop."""
+    target = call.target
+    guard = call.guard
+    attempt_log = None
+    if call.attempts > 1 and call.attempt_log:
+        attempt_log = [(d, e, m, s, t, _error(err)) for d, e, m, s, t, err in call.attempt_log]
+    return (
+        call.endpoint,
+        call.body,
+        call.shape.model,
+        call.shape.stream,
+        call.started,
+        call.ended,
+        call.created_at,
+        call.id,
+        call.attempts,
+        call.status,
+        _error(call.error),
+        None if target is None else target.engine.name,
+        None if target is None else target.model,
+        call.served_by,
+        call.first_token,
+        call.usage,
+        guard.findings if guard is not None and guard.findings else None,
+        call.traceparent,
+        call.prompt_ref,
+        call.api_key_id,
+        call.answer,
+        call.upstream_model,
+        call.chunks,
+        call.chunk_times,
+        attempt_log,
+    )
+
 
 class Recorder:
-    """Hands finished calls to the trace writer; turns them into spans and metrics on the writer's thread."""
+    """The gateway's side: hands each finished call's values to the trace writer."""
 
-    def __init__(self, config: TracingConfig, metrics: GatewayMetrics) -> None:
+    def __init__(self, config: TracingConfig, writer: Any) -> None:
+        self.capture_content = config.capture_content
+        self.writer = writer  # anything with `add(item)`: shipyard.tracing.writer_process.WriterProcess
+
+    def add(self, call: Call) -> None:
+        """Called on the event loop when a call is over: a tuple of its values, handed over (a few µs). Turning
+        it into spans in the server (on the loop or a thread) was measured to cost the gateway more
+        (docs/tracing.md#performance)."""
+        self.writer.add(call_record(call))
+
+
+class SpanMaker:
+    """The writer process's converter: a call's record becomes span rows (and metrics); span rows from the SDK
+    and OpenTelemetry pass through. PII is masked here when the config asks for it."""
+
+    def __init__(self, config: TracingConfig, metrics: CallMetrics) -> None:
         self.capture_content = config.capture_content
         self._prices = config.prices
         self._metrics = metrics
         self._label_cache: dict[tuple[str, str | None, str | None], _Labels] = {}
-        self.writer: TraceWriter | None = None
-        # issue 6: traces stored with PII masked, on the writer's thread (shipyard.tracing.masking)
+        # issue 6: traces stored with PII masked, in the writer's process (shipyard.tracing.masking)
         self._masker = PiiMasker(config.mask_pii_entities) if config.mask_pii else None
 
-    def add(self, call: Call) -> None:
-        """Called on the event loop when a call is over: O(1). The call becomes spans on the writer's thread:
-        turning it into spans on the event loop instead was measured to cost the gateway more (docs/tracing.md)."""
-        if self.writer is not None:
-            self.writer.add(call)
-
     def convert(self, item: Any) -> list[dict[str, Any]]:
-        """The writer's converter: a Call becomes span rows (and metrics); span rows pass through (masked if on)."""
-        rows = item if isinstance(item, list) else self._spans(item)
+        rows = item if isinstance(item, list) else self._spans(CallRecord._make(item))
         return rows if self._masker is None else self._masker.rows(rows)
 
-    def _spans(self, call: Call) -> list[dict[str, Any]]:
+    def _spans(self, call: CallRecord) -> list[dict[str, Any]]:
         gaps = chunk_gaps(call)
         rows = call_spans(call, self._prices, self.capture_content, gaps)
         self._count(call, rows[0], gaps)
@@ -70,7 +150,7 @@ class Recorder:
             labels = self._label_cache[key] = _Labels(base)
         return labels
 
-    def _count(self, call: Call, root: Mapping[str, Any], gaps: list[float]) -> None:
+    def _count(self, call: CallRecord, root: Mapping[str, Any], gaps: list[float]) -> None:
         labels = self._labels(root)
         base = labels.base
         metrics = self._metrics
@@ -96,7 +176,7 @@ class Recorder:
 
 
 class _Labels:
-    """The label sets of one deployment and target, made once (the writer thread counts every call)."""
+    """The label sets of one deployment and target, made once (the writer counts every call)."""
 
     __slots__ = ("base", "by_status", "tokens_in", "tokens_out")
 
@@ -113,7 +193,7 @@ class _Labels:
         return labels
 
 
-def chunk_gaps(call: Call) -> list[float]:
+def chunk_gaps(call: CallRecord) -> list[float]:
     """Seconds between consecutive chunks carrying text, as written to the client. Without the chunks' content
     (capture off), every chunk from the first token on counts."""
     times = call.chunk_times
@@ -137,11 +217,11 @@ def _has_text(data: bytes) -> bool:
     return False
 
 
-def _attempt_kinds(call: Call) -> list[str]:
+def _attempt_kinds(call: CallRecord) -> list[str]:
     log_ = call.attempt_log or []
     kinds = []
     for index, (deployment, *_rest) in enumerate(log_):
-        if deployment != call.shape.model:
+        if deployment != call.deployment:
             kinds.append("fallback")
         else:
             kinds.append("retry" if index else "attempt")
@@ -193,7 +273,7 @@ def _json_output(payload: dict[str, Any] | None, chat: bool) -> tuple[Any, str |
 
 
 def call_spans(
-    call: Call, prices: Mapping[str, PriceConfig], capture: bool = True, gaps: list[float] | None = None
+    call: CallRecord, prices: Mapping[str, PriceConfig], capture: bool = True, gaps: list[float] | None = None
 ) -> list[dict[str, Any]]:
     """The span rows of one gateway call: the root span, then one child per attempt after a retry/fallback.
     `gaps`: the call's `chunk_gaps`, when the caller has them already."""
@@ -204,13 +284,12 @@ def call_spans(
     body = call.body
     chat = call.endpoint == "chat.completions"
     usage = call.usage or {}
-    target = call.target
     # The name the engine was sent: a version (`smollm2:2`) when the target follows an alias or a swapping engine.
-    model = call.upstream_model or (target.model if target else None)
-    priced = model if target is None or model in prices else target.model  # or a price set under the target's name
+    model = call.upstream_model or call.target_model
+    priced = model if call.engine is None or model in prices else call.target_model  # or the target's name's price
     error = call.error
     if capture:
-        if call.shape.stream:
+        if call.stream:
             output, finish = stream_output(call.chunks or [], chat)
         else:
             output, finish = _json_output(call.answer, chat)
@@ -233,11 +312,11 @@ def call_spans(
         "duration_ms": (ended - call.started) * 1000,
         "status": "ok" if call.status == 200 and error is None else "error",
         "status_code": call.status,
-        "error": f"{error.code or error.type}: {error.message[:2000]}" if error else None,
-        "deployment": call.shape.model,
-        "engine": target.engine.name if target else None,
+        "error": _error_text(error),
+        "deployment": call.deployment,
+        "engine": call.engine,
         "model": model,
-        "stream": call.shape.stream,
+        "stream": call.stream,
         "input": orjson.dumps(content_in).decode() if content_in is not None else None,
         "output": orjson.dumps(output).decode() if output is not None else None,
         "finish_reason": finish,
@@ -254,23 +333,30 @@ def call_spans(
         "api_key_id": call.api_key_id,
         "prompt_ref": call.prompt_ref,
     }
-    if call.guard is not None and call.guard.findings:  # what guardrails found (never the matched text)
-        root["attributes"] = {**(root["attributes"] or {}), "guardrails": call.guard.findings}
+    if call.guard_findings:  # what guardrails found (never the matched text)
+        root["attributes"] = {**(root["attributes"] or {}), "guardrails": call.guard_findings}
     rows = [root]
     if call.attempts > 1:
         rows.extend(_attempt_spans(call, trace_id, span_id))
     return rows
 
 
-def _attributes(call: Call) -> dict[str, Any] | None:
+def _error_text(error: ErrorTuple | None) -> str | None:
+    if error is None:
+        return None
+    _status, type_, code, message = error
+    return f"{code or type_}: {message[:2000]}"
+
+
+def _attributes(call: CallRecord) -> dict[str, Any] | None:
     """The request's other parameters, and `served_by` when a fallback deployment answered."""
     attributes = {k: v for k, v in call.body.items() if k not in _CONTENT_KEYS}
-    if call.served_by is not None and call.served_by != call.shape.model:
+    if call.served_by is not None and call.served_by != call.deployment:
         attributes["served_by"] = call.served_by
     return attributes or None
 
 
-def _attempt_spans(call: Call, trace_id: str, parent_id: str) -> list[dict[str, Any]]:
+def _attempt_spans(call: CallRecord, trace_id: str, parent_id: str) -> list[dict[str, Any]]:
     spans = []
     kinds = _attempt_kinds(call)
     for index, (deployment, engine, model, started, ended, error) in enumerate(call.attempt_log or []):
@@ -287,8 +373,8 @@ def _attempt_spans(call: Call, trace_id: str, parent_id: str) -> list[dict[str, 
                 "end_time": start + (ended - started),
                 "duration_ms": (ended - started) * 1000,
                 "status": "error" if error is not None else "ok",
-                "status_code": error.status if error is not None else None,
-                "error": f"{error.code or error.type}: {error.message[:2000]}" if error else None,
+                "status_code": error[0] if error is not None else None,
+                "error": _error_text(error),
                 "deployment": deployment,
                 "engine": engine,
                 "model": model,

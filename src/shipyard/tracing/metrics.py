@@ -1,8 +1,9 @@
 """Prometheus metrics in the text exposition format, written by hand.
 
-Hand-written rather than prometheus_client: the updates happen on the trace writer's thread in plain dicts
+Hand-written rather than prometheus_client: the updates happen in the trace writer's process, in plain dicts
 under one uncontended lock, and rendering is a string join (see docs/tracing.md for the measured cost).
-Labels are per deployment and target (`engine/model`).
+`CallMetrics` (per deployment and target, `engine/model`) lives in the writer's process, which sends its text to
+the server with each report; the server's `MetricsPage` adds its gauges to that text.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import bisect
 import threading
 from collections.abc import Callable
 
-__all__ = ["GatewayMetrics", "Histogram"]
+__all__ = ["CallMetrics", "Histogram", "MetricsPage"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -65,8 +66,9 @@ class Histogram:
             out.append(f"{self.name}_count{_labels(labels)} {_number(running)}\n")
 
 
-class GatewayMetrics:
-    """Everything /metrics shows. `lock` guards updates (writer thread) against rendering (event loop)."""
+class CallMetrics:
+    """The counters and histograms of gateway calls. `lock` guards updates (the writer's thread) against
+    rendering (the writer's reporting thread)."""
 
     COUNTERS = {
         "shipyard_requests_total": "Gateway calls answered, by HTTP status.",
@@ -82,18 +84,13 @@ class GatewayMetrics:
         self.latency = Histogram("shipyard_request_latency_seconds", "Total latency of a call.", LATENCY_BUCKETS)
         self.ttft = Histogram("shipyard_ttft_seconds", "Time to the first token of a stream.", LATENCY_BUCKETS)
         self.itl = Histogram("shipyard_itl_seconds", "Time between consecutive chunks of a stream.", TOKEN_GAP_BUCKETS)
-        self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
 
     def inc(self, name: str, labels: Labels, value: float = 1.0) -> None:
         """Caller holds `lock`."""
         series = self._counters[name]
         series[labels] = series.get(labels, 0.0) + value
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float], kind: str = "gauge") -> None:
-        """A value read at render time (`kind` "counter" for totals kept elsewhere, e.g. by the writer)."""
-        self._gauges[name] = (help_text, kind, read)
-
-    def render(self) -> bytes:
+    def render(self) -> str:
         out: list[str] = []
         with self.lock:
             for name, help_text in self.COUNTERS.items():
@@ -102,6 +99,23 @@ class GatewayMetrics:
                     out.append(f"{name}{_labels(labels)} {_number(value)}\n")
             for histogram in (self.latency, self.ttft, self.itl):
                 histogram.render(out)
+        return "".join(out)
+
+
+class MetricsPage:
+    """What /metrics shows: the calls' metrics as the writer's process last reported them, then gauges read at
+    render time."""
+
+    def __init__(self, calls: Callable[[], str]) -> None:
+        self._calls = calls
+        self._gauges: dict[str, tuple[str, str, Callable[[], float]]] = {}
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float], kind: str = "gauge") -> None:
+        """A value read at render time (`kind` "counter" for totals kept elsewhere, e.g. by the writer)."""
+        self._gauges[name] = (help_text, kind, read)
+
+    def render(self) -> bytes:
+        out = [self._calls()]
         for name, (help_text, kind, read) in self._gauges.items():
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {_number(read())}\n")
         return "".join(out).encode()

@@ -1,5 +1,5 @@
-"""Tracing inside one server: the writer, the gateway's recorder, metrics, retention and the raw endpoints
-(/metrics, OTLP's POST /v1/traces)."""
+"""Tracing inside one server: the writer's process, the gateway's recorder, metrics, retention and the raw
+endpoints (/metrics, OTLP's POST /v1/traces)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from shipyard.asgi import Receive, Scope, Send, header, read_body, send_bytes
 from shipyard.config import Settings, TracingConfig
 from shipyard.gateway.records import Recorder
-from shipyard.store.traces import TraceRepo
+from shipyard.store import Store
 from shipyard.tracing.ingest import decode_otlp, otlp_rows
-from shipyard.tracing.journal import Journal
-from shipyard.tracing.metrics import GatewayMetrics
-from shipyard.tracing.writer import TraceWriter
+from shipyard.tracing.metrics import CallMetrics, MetricsPage
+from shipyard.tracing.writer_process import WriterProcess
 
 __all__ = ["Tracing", "retention_cutoffs"]
 
@@ -43,26 +42,20 @@ def retention_cutoffs(config: TracingConfig, now: float) -> list[tuple[str | Non
 class Tracing:
     """Built when the store is open; `start` on the event loop, `stop` at shutdown."""
 
-    def __init__(self, settings: Settings, repo: TraceRepo) -> None:
-        config = settings.tracing
-        self.config = config
-        self.repo = repo
-        self.metrics = GatewayMetrics()
-        self.recorder = Recorder(config, self.metrics)
+    def __init__(self, settings: Settings, store: Store) -> None:
+        config = self.config = settings.tracing
+        self.repo = store.traces
         journal_dir = config.journal_dir or Path(settings.data_dir) / "journal"
-        self.writer = TraceWriter(
-            repo,
-            Journal(journal_dir),
-            convert=self.recorder.convert,
-            interval=config.flush_interval,
-            batch=config.batch_size,
-            max_queue=config.max_queue,
+        self.writer = WriterProcess(
+            store.url, journal_dir, config.model_dump(mode="json"), log_level=settings.server.log_level
         )
-        self.recorder.writer = self.writer
+        self.recorder = Recorder(config, self.writer)
         self.deleted = 0
         self._retention: asyncio.Task[None] | None = None
         writer = self.writer
-        self.metrics.gauge("shipyard_trace_queue_depth", "Trace records waiting in memory.", lambda: writer.queue_depth)
+        empty = CallMetrics().render()  # the names, before the writer's first report
+        self.metrics = MetricsPage(lambda: writer.metrics_text or empty)
+        self.metrics.gauge("shipyard_trace_queue_depth", "Trace records not yet written.", lambda: writer.queue_depth)
         self.metrics.gauge(
             "shipyard_trace_journal_bytes",
             "Bytes of trace records waiting in the local journal.",
@@ -73,6 +66,11 @@ class Tracing:
             ("shipyard_trace_records_journaled_total", "journaled", "Trace records sent to the local journal."),
             ("shipyard_trace_records_replayed_total", "replayed", "Trace records replayed from the journal."),
             ("shipyard_trace_records_failed_total", "failed", "Trace records that could not be turned into spans."),
+            (
+                "shipyard_trace_records_dropped_total",
+                "dropped",
+                "Trace records lost: the writer's process died holding them, or fell 256 MB behind.",
+            ),
         ):
             self.metrics.gauge(name, help_text, lambda a=attribute: getattr(writer, a), kind="counter")
         self.metrics.gauge(
@@ -85,15 +83,15 @@ class Tracing:
             kind="counter",
         )
 
-    def start(self) -> None:
-        self.writer.start()
+    async def start(self) -> None:
+        await self.writer.start()
         if retention_cutoffs(self.config, time.time()):
             self._retention = asyncio.create_task(self._retain())
 
     async def stop(self) -> None:
         if self._retention is not None:
             self._retention.cancel()
-        await asyncio.to_thread(self.writer.stop)
+        await self.writer.stop()
 
     async def enforce_retention(self) -> int:
         """Delete every trace past its retention, in small batches on a worker thread; returns rows deleted."""
