@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,12 @@ def settle(target: Target) -> None:
         time.sleep(0.2)
 
 
+def backlog(target: Target) -> float:
+    text = httpx.get(target.url + "/metrics", timeout=10).text
+    match = re.search(r"^shipyard_trace_queue_depth (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="shipyard-bench-tracing-"))
     fake_port = free_port()
@@ -77,13 +84,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for target in order:
                 cpu_before = cpu_seconds(target.process.pid)  # type: ignore[union-attr]
                 result = wrk(target, 16, args.seconds, lua)
+                # Records not yet written when the run ends: a writer that kept up leaves about one batch.
+                result["backlog_at_end"] = backlog(target)
                 settle(target)  # the writer's backlog is part of the cost of those requests
                 cpu = cpu_seconds(target.process.pid) - cpu_before  # type: ignore[union-attr]
                 result["cpu_ms_per_request"] = cpu / result["requests"] * 1000
                 for key, value in result.items():
                     target.add(key, value)
             print(f"round {index + 1}/{args.rounds} done", flush=True)
-        traced = httpx.get(targets[0].url + "/api/v1/traces", params={"limit": 1}, timeout=10).json()["data"]
+        traced = httpx.get(targets[0].url + "/api/v1/traces", params={"limit": 1, "status": "ok"}, timeout=10).json()[
+            "data"
+        ]
     finally:
         for target in targets:
             if target.process is not None:

@@ -284,6 +284,10 @@ def test_kill_9_of_the_server_keeps_what_reached_the_writer(tmp_path: Path, fake
     server.wait_ready(60)
     writer = _writer_pid(server)
     assert writer is not None
+    # tracing.writer_nice (10 by default): the writer yields the cores to the gateway when they are all busy. It
+    # lowers its priority once it has read its settings (after its imports, ~1 s).
+    base = os.getpriority(os.PRIO_PROCESS, server.process.pid)  # type: ignore[union-attr]
+    wait_until(lambda: os.getpriority(os.PRIO_PROCESS, writer) == min(base + 10, 19), 30, what="the writer's nice")
     with httpx.Client(timeout=10) as client:
         for _ in range(25):
             assert client.post(server.url + "/v1/chat/completions", json=BODY).status_code == 200

@@ -253,11 +253,18 @@ class TracingConfig(_Strict):
     journal_dir: Path | None = Field(
         None, description="Where records wait while the store is unavailable; default `<data_dir>/journal`."
     )
+    writer_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of the trace writer's process: when every core is busy, the gateway's "
+        "process goes first and the writer catches up in the gaps (0: the same priority as the gateway).",
+    )
     capture_content: bool = Field(True, description="Record input messages and output text (off: metadata only).")
     mask_pii: bool = Field(
         False,
         description="Store traces with personal data in their input, output, `user` and error replaced by "
-        "`[REDACTED_<KIND>]` (the `pii` guardrail scanner, run on the trace writer's thread; callers still get "
+        "`[REDACTED_<KIND>]` (the `pii` guardrail scanner, run in the trace writer's process; callers still get "
         "the unmasked answer).",
     )
     mask_pii_entities: list[PiiEntity] | None = Field(

@@ -57,7 +57,7 @@ class Call:
     first_token: float | None = None
     usage: dict[str, Any] | None = None
     guard: CallGuard | None = None  # the deployment's guardrails, when it has any
-    # What tracing records (shipyard.gateway.records turns it into spans on the writer's thread): only
+    # What tracing records (shipyard.gateway.records; spans are made in the trace writer's process): only
     # references and perf_counter readings are taken on the request path.
     ended: float | None = None
     traceparent: bytes | None = None  # the caller's W3C header, parsed off the hot path

@@ -267,8 +267,12 @@ def _json_output(payload: dict[str, Any] | None, chat: bool) -> tuple[Any, str |
     choices = payload.get("choices")
     if not isinstance(choices, list):
         return [], None
-    outputs = [c.get("message") if chat else c.get("text") for c in choices if isinstance(c, dict)]
-    finish = next((c.get("finish_reason") for c in choices if isinstance(c, dict) and c.get("finish_reason")), None)
+    outputs = []
+    finish = None
+    for choice in choices:
+        if isinstance(choice, dict):
+            outputs.append(choice.get("message") if chat else choice.get("text"))
+            finish = finish or choice.get("finish_reason") or None
     return (outputs[0] if len(outputs) == 1 else outputs), finish
 
 

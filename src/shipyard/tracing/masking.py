@@ -1,7 +1,7 @@
 """Traces stored with personal data masked (`tracing.mask_pii`).
 
-Runs on the trace writer's thread, inside the recorder's converter: a request only hands its finished call to
-the writer, so masking adds nothing to the request path and the caller gets the answer unchanged. The span
+Runs in the trace writer's process, inside its converter (`SpanMaker`): a request only hands its finished call
+to the writer, so masking adds nothing to the request path and the caller gets the answer unchanged. The span
 fields that carry content (`input`, `output`, `user`, `error`) go through the `pii` guardrail scanner; matches become
 `[REDACTED_<KIND>]`. Input and output are JSON texts: they are parsed and every string inside is masked, so a
 replacement never lands inside a JSON escape. Gateway calls and SDK/OTLP spans are masked alike.
@@ -24,7 +24,7 @@ _TEXT_FIELDS = ("user", "error")  # an upstream's error message can quote the re
 
 
 class PiiMasker:
-    """Replaces personal data in span rows; built once per server, used by the writer thread only."""
+    """Replaces personal data in span rows; built once per writer process, used by its writer thread only."""
 
     def __init__(self, entities: Iterable[str] | None = None) -> None:
         options = {"entities": list(entities)} if entities is not None else {}
