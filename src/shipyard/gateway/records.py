@@ -1,7 +1,7 @@
 """What the gateway records about each call: a trace whose root span holds the whole call.
 
 On the request path the gateway only copies the finished `Call`'s plain values into a `CallRecord` tuple
-(`Recorder.add`, ~2 µs) and hands it to the trace writer's process (`shipyard.tracing.writer_process`).
+(`Recorder.add`, a few µs) and hands it to the trace writer's process (`shipyard.tracing.writer_process`).
 Everything else happens there, off the gateway's GIL (`SpanMaker`): the output and finish reason from the answer
 (already parsed by the gateway) or the forwarded stream events, the cost from the price table, time to first
 token and inter-token latency from the chunks' arrival times, a child span per attempt when there were retries
